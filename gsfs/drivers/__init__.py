@@ -1,0 +1,1 @@
+"""Store drivers, found through the ``gsfs.drivers`` entry-point group."""

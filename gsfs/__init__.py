@@ -6,6 +6,6 @@ the Indexable helper and every exception class.
 
 __version__ = "0.1.0"
 
-from gsfs.multi_backend import *  # noqa: E402,F401,F403
 from gsfs.backend import Indexable  # noqa: E402,F401
 from gsfs.exceptions import *  # noqa: E402,F401,F403
+from gsfs.multi_backend import *  # noqa: E402,F401,F403

@@ -35,6 +35,9 @@ from gsfs import capabilities, config, exceptions, hashing
 
 LOG = logging.getLogger(__name__)
 
+# Names starting with this are gsfs's temporary and metadata objects.
+RESERVED_PREFIX = ".gsfs-"
+
 # Metadata keys stored with an image (values are always str).
 META_KEYS = ("checksum", "os_hash_algo", "os_hash_value", "mtime")
 
@@ -58,6 +61,9 @@ def validate_image_id(image_id, max_length=255):
         raise exceptions.Invalid("Invalid image id %r: '/' and NUL are not allowed" % image_id)
     if ".." in image_id or image_id == ".":
         raise exceptions.Invalid("Invalid image id %r: '.' and '..' are not allowed" % image_id)
+    if image_id.startswith(RESERVED_PREFIX):
+        raise exceptions.Invalid("Invalid image id %r: names starting with %r are gsfs's own"
+                                 % (image_id, RESERVED_PREFIX))
     if len(image_id.encode("utf-8", "surrogateescape")) > max_length:
         raise exceptions.Invalid(
             "Invalid image id: %d bytes is longer than the %d this store accepts"

@@ -12,7 +12,7 @@ import logging
 
 from oslo_config import cfg
 
-from gsfs import capabilities, config, exceptions, hashing, location
+from gsfs import config, exceptions, hashing, location
 
 LOG = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ gsfs extensions (what the filesystem needs; every driver implements them):
     stat_image(location)          ImageInfo of one image (NotFound if missing)
     read(location, offset, length) bytes at any offset (short only at end of image)
     get_image_meta(location)      dict of str: checksum, os_hash_algo, os_hash_value, mtime
+                                  (mtime as written by format_mtime_ns: "<sec>.<9 digits>")
     set_image_meta(location, d)   merge ``d`` into the image's stored metadata
     rename(location, new_id)      move the image to a new id (RENAME_* capability)
     add_image(..., replace=False) add(); with replace=True an existing image is
@@ -46,6 +47,26 @@ class ImageInfo(typing.NamedTuple):
     id: str
     size: int
     mtime: typing.Optional[float] = None
+    mtime_ns: typing.Optional[int] = None   # exact, where the backend has it
+
+
+def format_mtime_ns(ns):
+    """The stored form of a modification time: exact decimal seconds."""
+    ns = int(ns)
+    if ns < 0:
+        return "-" + format_mtime_ns(-ns)
+    return "%d.%09d" % divmod(ns, 1_000_000_000)
+
+
+def parse_mtime_ns(text):
+    """Inverse of format_mtime_ns; also accepts plain floats and ints."""
+    text = str(text).strip()
+    if "." in text:
+        sec, frac = text.split(".", 1)
+        frac = (frac + "000000000")[:9]
+        sign = -1 if sec.startswith("-") else 1
+        return int(sec) * 1_000_000_000 + sign * int(frac or 0)
+    return int(text) * 1_000_000_000
 
 
 def validate_image_id(image_id, max_length=255):

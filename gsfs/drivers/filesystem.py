@@ -409,8 +409,13 @@ class Store(driver.Store):
         self._remove_sidecar(path)
 
     def _tmp_name(self, image_id):
-        return "%s%s.%d.%s.%s" % (TMP_PREFIX, socket.gethostname(), os.getpid(),
-                                  secrets.token_hex(4), image_id)
+        prefix = "%s%s.%d.%s." % (TMP_PREFIX, socket.gethostname(), os.getpid(),
+                                  secrets.token_hex(4))
+        # The id is only there for a human reading the directory: cut it so the
+        # name stays within NAME_MAX (255 bytes) for ids up to max_id_length.
+        room = max(0, 255 - len(prefix.encode("utf-8", "surrogateescape")))
+        tail = image_id.encode("utf-8", "surrogateescape")[:room]
+        return prefix + tail.decode("utf-8", "ignore")
 
     def _add(self, image_id, image_file, image_size, hashing_algo,
              verifier=None, replace=False):
@@ -499,7 +504,7 @@ class Store(driver.Store):
                 if not stat_mod.S_ISREG(st.st_mode):
                     continue
                 seen.add(entry.name)
-                yield driver.ImageInfo(entry.name, st.st_size, st.st_mtime)
+                yield driver.ImageInfo(entry.name, st.st_size, st.st_mtime, st.st_mtime_ns)
 
     def stat_image(self, location):
         path = self._path_of(location)
@@ -507,7 +512,7 @@ class Store(driver.Store):
             st = self._run(os.stat, path)
         except OSError as e:
             raise _os_error(e, "stat", path) from e
-        return driver.ImageInfo(os.path.basename(path), st.st_size, st.st_mtime)
+        return driver.ImageInfo(os.path.basename(path), st.st_size, st.st_mtime, st.st_mtime_ns)
 
     def read(self, location, offset, length):
         path = self._path_of(location)
@@ -540,7 +545,7 @@ class Store(driver.Store):
         except (OSError, ValueError):
             pass
         try:
-            meta["mtime"] = repr(os.stat(path).st_mtime)
+            meta["mtime"] = driver.format_mtime_ns(os.stat(path).st_mtime_ns)
         except OSError as e:
             raise _os_error(e, "stat", path) from e
         return meta
@@ -551,7 +556,8 @@ class Store(driver.Store):
         mtime = meta.pop("mtime", None)
         try:
             if mtime is not None:
-                os.utime(path, (float(mtime), float(mtime)))
+                ns = driver.parse_mtime_ns(mtime)
+                os.utime(path, ns=(ns, ns))
             for key, value in meta.items():
                 os.setxattr(path, XATTR_PREFIX + key, str(value).encode())
         except OSError as e:

@@ -1,0 +1,1190 @@
+"""S3 driver: glance_store 5.7's ``s3`` store, plus the gsfs extensions.
+
+Compatible with glance_store 5.7 (same options, schemes, location URIs,
+url_prefix, return shapes and messages); the differences are deliberate:
+
+* Locations never carry credentials: ``s3://host/bucket/key`` or
+  ``s3+https://host/bucket/key``. The older credentialed form
+  ``s3://AK:SK@host/bucket/key`` still parses; the credentials in it are
+  dropped (also from ``get_uri()``) and the configured ones are always used.
+* ``add()`` works through the 4-tuple path too (glance's s3 driver needs
+  ``hashing_algo``), and an image of unknown size (``image_size == 0``) is
+  streamed as a multipart upload with growing part sizes instead of being
+  buffered in memory. Memory stays below ``(s3_store_thread_pools + 1)`` parts
+  (see docs/memory.md, "S3 add"): parts are uploaded in parallel and the reader
+  blocks while that many part buffers are in use.
+* Every failure of a multipart upload (part error, size error, an exception
+  from the image source, KeyboardInterrupt) aborts the upload: nothing is left
+  behind. The ETag of CompleteMultipartUpload is not used (radosgw sends '').
+* ``get()`` serves ``offset``/``chunk_size`` with ranged GETs (size semantics
+  of glance's filesystem driver) and a plain get is a single GET, not HEAD+GET.
+* Every botocore error is translated by :func:`_s3_error` into a gsfs
+  exception whose message names the bucket/key and the cause.
+* Bucket creation omits the LocationConstraint for ``us-east-1`` (AWS rejects
+  it; glance sends it and fails).
+
+gsfs metadata (checksum, os_hash_algo, os_hash_value, mtime, ...) lives in a
+sidecar object ``.gsfs-meta/<image id>`` next to the image (a JSON object of
+str to str). Listing uses ``Delimiter='/'`` so sidecars are never images; the
+sidecar follows its image on rename and goes away with it on delete. It also
+records which object version it describes (ETag + LastModified), so a sidecar
+left behind by a glance_store delete is ignored, not served as the metadata of
+a new image of the same id; cleanup_leftovers() removes sidecars without image.
+"""
+
+import concurrent.futures
+import contextlib
+import datetime
+import json
+import logging
+import math
+import queue
+import re
+import threading
+
+import boto3.session
+import botocore.config
+import botocore.exceptions
+import botocore.utils
+import urllib3.exceptions
+from oslo_config import cfg
+
+from gsfs import backend, capabilities, driver, exceptions, hashing, location
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+DEFAULT_LARGE_OBJECT_SIZE = 100          # MiB
+DEFAULT_LARGE_OBJECT_CHUNK_SIZE = 10     # MiB
+DEFAULT_LARGE_OBJECT_MIN_CHUNK_SIZE = 5  # MiB
+DEFAULT_THREAD_POOLS = 10
+MAX_PART_NUM = 10000                     # S3's limit on parts per multipart upload
+MAX_PART_SIZE = 5 * GiB                  # S3's limit on one part
+MAX_OBJECT_SIZE = 5 * TiB                # S3's limit on one object
+META_PREFIX = ".gsfs-meta/"              # sidecar key prefix: .gsfs-meta/<image id>
+_SIDECAR_TAG = "_gsfs_object"            # in a sidecar: the object version it describes
+
+_CHECKSUM_CHOICES = ["when_required", "when_supported"]
+_URL_FORMATS = ("auto", "virtual", "path")
+
+OPTIONS = [
+    cfg.StrOpt("s3_store_host",
+               help="The S3 (or S3-compatible) server: a DNS name or an IP address, "
+                    "optionally with http:// or https:// and a port. Required."),
+    cfg.StrOpt("s3_store_region_name", default="",
+               help="The S3 region name. When empty it is derived from "
+                    "s3_store_host for AWS regional endpoints."),
+    cfg.StrOpt("s3_store_access_key", secret=True,
+               help="The S3 access key. Required."),
+    cfg.StrOpt("s3_store_secret_key", secret=True,
+               help="The S3 secret key. Required."),
+    cfg.StrOpt("s3_store_bucket",
+               help="The bucket images are added to. Required."),
+    cfg.BoolOpt("s3_store_create_bucket_on_put", default=False,
+                help="Create the bucket on the first add if it does not exist."),
+    cfg.StrOpt("s3_store_bucket_url_format", default="auto",
+               help="Bucket addressing: 'auto', 'virtual' (bucket.host) or "
+                    "'path' (host/bucket); botocore's addressing_style."),
+    cfg.IntOpt("s3_store_large_object_size", default=DEFAULT_LARGE_OBJECT_SIZE, min=0,
+               help="Images of this size in MiB or larger (and images of unknown "
+                    "size) are sent as multipart uploads."),
+    cfg.IntOpt("s3_store_large_object_chunk_size", default=DEFAULT_LARGE_OBJECT_CHUNK_SIZE,
+               help="Multipart part size in MiB (at least 5)."),
+    cfg.IntOpt("s3_store_thread_pools", default=DEFAULT_THREAD_POOLS,
+               help="Number of parts of one multipart upload sent in parallel."),
+    cfg.StrOpt("s3_store_cacert", default="",
+               help="CA bundle for HTTPS; empty means botocore's default bundle."),
+    cfg.BoolOpt("s3_store_enable_data_integrity_protection", default=False,
+                help="Use s3_store_request_checksum_calculation and "
+                     "s3_store_response_checksum_validation; when False both are "
+                     "'when_required'."),
+    cfg.StrOpt("s3_store_request_checksum_calculation", default="when_required",
+               choices=_CHECKSUM_CHOICES,
+               help="botocore request_checksum_calculation (with integrity protection)."),
+    cfg.StrOpt("s3_store_response_checksum_validation", default="when_required",
+               choices=_CHECKSUM_CHOICES,
+               help="botocore response_checksum_validation (with integrity protection)."),
+]
+
+# Options glance_store lets be falsy; any other falsy option is "not found".
+_MAY_BE_FALSY = frozenset([
+    "s3_store_create_bucket_on_put", "s3_store_large_object_size", "s3_store_region_name",
+    "s3_store_cacert", "s3_store_enable_data_integrity_protection",
+    "s3_store_request_checksum_calculation", "s3_store_response_checksum_validation",
+])
+
+_AWS_REGIONAL_HOST = re.compile(
+    r"^(?:https?://)?s3-(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?"
+    r"(?::\d+)?/?$")
+
+
+def get_s3_location(s3_host):
+    """The AWS region of a regional endpoint host (``s3-<region>.amazonaws.com``
+    with optional scheme, port and trailing slash); '' for any other host."""
+    match = _AWS_REGIONAL_HOST.match(s3_host or "")
+    return match.group("region") if match else ""
+
+
+def unknown_size_capacity(base, interval):
+    """Bytes 10000 parts hold when part n is ``base * 2 ** ((n - 1) // interval)``
+    (at most 5 GiB each)."""
+    total = 0
+    for first in range(1, MAX_PART_NUM + 1, interval):
+        count = min(interval, MAX_PART_NUM + 1 - first)
+        total += count * min(MAX_PART_SIZE, base << ((first - 1) // interval))
+    return total
+
+
+def growth_interval(base, candidates):
+    """The largest interval (parts between doublings) in ``candidates`` with
+    which 10000 parts starting at ``base`` bytes hold 5 TiB."""
+    for interval in candidates:
+        if unknown_size_capacity(base, interval) >= MAX_OBJECT_SIZE:
+            return interval
+    return min(candidates)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _mtime_ns(when):
+    """Nanoseconds since the epoch of LastModified, in whole seconds: HEAD
+    (an HTTP date) has no more, a listing has milliseconds; one image must not
+    show two mtimes."""
+    return (when - _EPOCH) // datetime.timedelta(seconds=1) * 1_000_000_000
+
+
+def _object_tag(head):
+    """Identifies one version of an object (ETag and LastModified second): a
+    sidecar is valid only for the object it was written for."""
+    return "%s %d" % (str(head.get("ETag") or "").strip('"'),
+                      _mtime_ns(head["LastModified"]) // 1_000_000_000)
+
+
+def _image_info(key, size, when):
+    ns = _mtime_ns(when)
+    return driver.ImageInfo(key, size, ns / 1e9, ns)
+
+
+def _strip_scheme(host):
+    for prefix in ("https://", "http://"):
+        if host.startswith(prefix):
+            return host[len(prefix):]
+    return host
+
+
+# --------------------------------------------------------------------------- errors
+
+_NOT_FOUND_CODES = frozenset(["NoSuchKey", "NoSuchBucket", "NotFound", "404"])
+_DENIED_CODES = frozenset([
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "AccountProblem", "InvalidObjectState", "403", "Forbidden"])
+_FULL_CODES = frozenset([
+    "EntityTooLarge", "QuotaExceeded", "InsufficientStorage", "StorageFull", "507", "413"])
+_UNAVAILABLE_CODES = frozenset([
+    "ServiceUnavailable", "SlowDown", "503", "RequestTimeout", "Throttling"])
+_CONFIG_CODES = frozenset(["InvalidBucketName", "InvalidLocationConstraint",
+                           "IllegalLocationConstraintException"])
+
+_UNAVAILABLE_ERRORS = (
+    botocore.exceptions.ConnectionError,          # EndpointConnectionError, timeouts, ...
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    urllib3.exceptions.HTTPError,
+)
+_CONFIG_ERRORS = (
+    botocore.exceptions.InvalidDNSNameError,
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.NoRegionError,
+)
+_LIBRARY_ERRORS = (
+    botocore.exceptions.ClientError,
+    botocore.exceptions.BotoCoreError,
+    urllib3.exceptions.HTTPError,
+)
+
+
+def _s3_error(exc, op, bucket=None, key=None, write=False):
+    """The gsfs exception for a botocore/boto3/urllib3 error ``exc`` raised by
+    operation ``op`` on ``bucket``/``key``; None if ``exc`` is not one of those.
+
+    The one place errors are mapped: 404 → NotFound(image=key); 403 → Forbidden
+    (StorageWriteDenied when ``write``); quota / too large / 507 → StorageFull;
+    connection failures, timeouts and 503 → RemoteServiceUnavailable; a bad
+    bucket name or missing credentials → BadStoreConfiguration; anything else
+    → BackendException. Messages never contain credentials.
+    """
+    where = "bucket %r" % (bucket,) if bucket else "the S3 store"
+    if key is not None:
+        where += " key %r" % (key,)
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        text = error.get("Message")
+        cause = "%s (HTTP %s)" % (code or "error", status)
+        if text and text != code:
+            cause += ": %s" % text
+        message = "S3 %s failed for %s: %s" % (op, where, cause)
+        if code == "NoSuchUpload":
+            return exceptions.BackendException(message)
+        if code in _FULL_CODES or status in (413, 507):
+            return exceptions.StorageFull(message)
+        if code in _NOT_FOUND_CODES or status == 404:
+            if key is not None:
+                return exceptions.NotFound(image=key)
+            return exceptions.NotFound(message)
+        if code in _DENIED_CODES or status == 403:
+            if write:
+                return exceptions.StorageWriteDenied(message)
+            return exceptions.Forbidden(message)
+        if code in _UNAVAILABLE_CODES or status == 503:
+            return exceptions.RemoteServiceUnavailable(message)
+        if code in _CONFIG_CODES:
+            return exceptions.BadStoreConfiguration(store_name="s3", reason=message)
+        return exceptions.BackendException(message)
+    if isinstance(exc, _CONFIG_ERRORS):
+        return exceptions.BadStoreConfiguration(
+            store_name="s3", reason="S3 %s for %s: %s" % (op, where, exc))
+    if isinstance(exc, _UNAVAILABLE_ERRORS):
+        return exceptions.RemoteServiceUnavailable(
+            "S3 %s failed for %s: the server is unavailable (%s: %s)"
+            % (op, where, type(exc).__name__, exc))
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return exceptions.BackendException(
+            "S3 %s failed for %s: %s: %s" % (op, where, type(exc).__name__, exc))
+    return None
+
+
+@contextlib.contextmanager
+def _s3_errors(op, bucket=None, key=None, write=False):
+    """Raise library errors inside the block as gsfs exceptions (see _s3_error)."""
+    try:
+        yield
+    except _LIBRARY_ERRORS as e:
+        raise _s3_error(e, op, bucket, key, write) from e
+
+
+def _is_missing(exc):
+    """True for a ClientError meaning "no such key/bucket" (404)."""
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    code = str((exc.response.get("Error") or {}).get("Code") or "")
+    status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchUpload")
+
+
+def _error_code(exc):
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str((exc.response.get("Error") or {}).get("Code") or "")
+    return ""
+
+
+# --------------------------------------------------------------------------- locations
+
+class StoreLocation(location.StoreLocation):
+    """An S3 location: ``s3://host[:port]/bucket/key`` or ``s3+https://...``.
+
+    ``s3+http://`` is accepted when parsing. The pre-5.7 credentialed form
+    ``s3://AK:SK@host/bucket/key`` parses too; its credentials are dropped.
+    """
+
+    def process_specs(self):
+        self.scheme = self.specs.get("scheme", "s3")
+        host = self.specs.get("s3serviceurl") or ""
+        if host.startswith("https://"):
+            self.scheme = "s3+https"
+        self.s3serviceurl = _strip_scheme(host).strip("/")
+        self.bucket = self.specs.get("bucket")
+        self.key = self.specs.get("key")
+
+    def get_uri(self):
+        return "%s://%s/%s/%s" % (self.scheme, self.s3serviceurl, self.bucket, self.key)
+
+    def parse_uri(self, uri):
+        if uri.count("://") != 1:
+            LOG.info("Invalid S3 URI %r: more than one scheme; use s3+https:// for https",
+                     _redacted(uri))
+            raise exceptions.BadStoreUri(uri=_redacted(uri))
+        self.validate_schemas(uri, valid_schemas=("s3://", "s3+http://", "s3+https://"))
+        self.scheme, rest = uri.split("://", 1)
+        path = rest.strip("/")
+        # Old glance_store locations: AK:SK@host/bucket/key. The secret may
+        # contain '/', so split at the first '@' and accept it as credentials
+        # only if host/bucket/key remain after it.
+        if "@" in path:
+            creds, after = path.split("@", 1)
+            if ":" in creds and len(after.strip("/").split("/")) >= 3:
+                path = after.strip("/")
+        parts = path.split("/")
+        if len(parts) < 3 or not all(parts[-2:]) or not "/".join(parts[:-2]).strip("/"):
+            LOG.error("Badly formed S3 URI: it needs host, bucket and key")
+            raise exceptions.BadStoreUri(uri=_redacted(uri))
+        self.key = parts[-1]
+        self.bucket = parts[-2]
+        self.s3serviceurl = "/".join(parts[:-2]).strip("/")
+
+
+def _redacted(uri):
+    """``uri`` without the credentials of an old-form S3 location."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "@" in rest:
+        return "%s://***@%s" % (scheme, rest.split("@", 1)[1])
+    return uri
+
+
+# --------------------------------------------------------------------------- uploads
+
+class _ResponseIndexable(backend.Indexable):
+    """Indexable whose another() returns b'' at the end, as glance's s3 does."""
+
+    def another(self):
+        try:
+            self.chunk = next(self.wrapped)
+            self.cursor += len(self.chunk)
+        except StopIteration:
+            self.chunk = b""
+        return self.chunk
+
+
+class _PartBuffers:
+    """A fixed number of reusable part buffers: take() blocks while all are in
+    use. This is the upload's memory bound and its backpressure."""
+
+    def __init__(self, count):
+        self._free = queue.LifoQueue()
+        for _ in range(count):
+            self._free.put(None)
+
+    def take(self, size):
+        buf = self._free.get()
+        if buf is None or len(buf) != size:
+            buf = None          # drop the old one before allocating the new one
+            buf = bytearray(size)
+        return buf
+
+    def give(self, buf):
+        self._free.put(buf)
+
+
+class _MultipartUpload:
+    """One multipart upload: parts go to a thread pool; any failure is kept
+    and reported to the reader thread; abort() removes everything."""
+
+    def __init__(self, store, client, bucket, key, buffers):
+        self.store = store
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.buffers = buffers
+        self.upload_id = None
+        self.parts = 0
+        self.size = 0
+        self._etags = {}
+        self._error = None
+        self._lock = threading.Lock()
+        self._executor = None
+
+    def start(self):
+        with _s3_errors("create multipart upload", self.bucket, self.key, write=True):
+            resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+        self.upload_id = resp["UploadId"]
+        self.store._active_uploads.add(self.upload_id)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.store.thread_pools, thread_name_prefix="gsfs-s3-part")
+        LOG.debug("Multipart upload of %s/%s started: %s", self.bucket, self.key,
+                  self.upload_id)
+
+    def submit(self, buf):
+        """Upload ``buf`` as the next part (buf goes back to the pool when sent)."""
+        self.check()
+        if self.upload_id is None:
+            self.start()
+        self.parts += 1
+        if self.parts > MAX_PART_NUM:
+            self.buffers.give(buf)
+            raise exceptions.StorageFull(
+                "S3 add of bucket %r key %r: the image is larger than an S3 multipart "
+                "upload can hold (%d parts)" % (self.bucket, self.key, MAX_PART_NUM))
+        self.size += len(buf)
+        self._executor.submit(self._upload_part, self.parts, buf)
+
+    def _upload_part(self, number, buf):
+        try:
+            if self._error is not None:
+                return
+            resp = self.client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                PartNumber=number, Body=buf, ContentLength=len(buf))
+            self._etags[number] = resp["ETag"]
+        except BaseException as e:  # noqa: B036 - reported to the reader thread
+            with self._lock:
+                if self._error is None:
+                    self._error = e
+        finally:
+            # the same buffer goes back: the reader reuses it, nothing is copied
+            self.buffers.give(buf)
+
+    def check(self):
+        error = self._error
+        if error is None:
+            return
+        mapped = _s3_error(error, "upload part", self.bucket, self.key, write=True)
+        if mapped is None:
+            raise error
+        raise mapped from error
+
+    def complete(self):
+        self._executor.shutdown(wait=True)
+        self.check()
+        numbers = sorted(self._etags)
+        if numbers != list(range(1, self.parts + 1)):
+            raise exceptions.BackendException(
+                "S3 add of bucket %r key %r: parts %s were not uploaded"
+                % (self.bucket, self.key, sorted(set(range(1, self.parts + 1)) - set(numbers))))
+        with _s3_errors("complete multipart upload", self.bucket, self.key, write=True):
+            # rgw answers with an empty ETag here: nothing in the answer is used
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
+                                           for n in numbers]})
+        self.store._active_uploads.discard(self.upload_id)
+
+    def abort(self):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            LOG.info("Aborted the multipart upload of %s/%s (%s)", self.bucket, self.key,
+                     self.upload_id)
+        except Exception as e:
+            LOG.error("Could not abort the multipart upload of %s/%s (%s): %s",
+                      self.bucket, self.key, self.upload_id, e)
+        finally:
+            self.store._active_uploads.discard(self.upload_id)
+
+
+# --------------------------------------------------------------------------- the store
+
+class Store(driver.Store):
+    """S3 store (AWS S3, radosgw, any S3-compatible server)."""
+
+    _CAPABILITIES = (capabilities.BitMasks.RW_ACCESS | capabilities.BitMasks.READ_RANDOM
+                     | capabilities.BitMasks.DRIVER_REUSABLE
+                     | capabilities.BitMasks.RENAME_COPY)
+    OPTIONS = OPTIONS
+    STORE_TYPE = "s3"
+    EXAMPLE_URL = "s3://<S3_URL>/<BUCKET>/<OBJ>"
+
+    READ_CHUNKSIZE = 4 * MiB
+    WRITE_CHUNKSIZE = 5 * MiB       # read size of a file-like image source
+    max_id_length = 1000            # S3 keys are <= 1024 bytes, with '.gsfs-meta/'
+
+    # Part sizes of an upload of unknown size: part n (from 1) is
+    # chunk_size * 2 ** ((n - 1) // interval), at most MAX_PART_SIZE, where
+    # interval is the largest of GROWTH_INTERVALS letting 10000 parts hold 5 TiB.
+    GROWTH_INTERVALS = tuple(range(1000, 0, -50))
+    # rename: objects larger than this are copied with UploadPartCopy
+    MULTIPART_COPY_THRESHOLD = 5 * GiB
+    MULTIPART_COPY_PART_SIZE = 512 * MiB
+
+    def __init__(self, conf, backend=None):
+        super().__init__(conf, backend=backend)
+        self._client = None
+        self._client_lock = threading.Lock()
+        self._options_loaded = False
+        self._opt = {}
+        self._growth = (None, None)
+        self._active_uploads = set()
+
+    @staticmethod
+    def get_schemes():
+        return ("s3", "s3+http", "s3+https")
+
+    # -- configuration -------------------------------------------------------
+    def _load_options(self):
+        gc = self.group_conf()
+        for name in ("s3_store_host", "s3_store_region_name", "s3_store_access_key",
+                     "s3_store_secret_key", "s3_store_bucket",
+                     "s3_store_create_bucket_on_put", "s3_store_bucket_url_format",
+                     "s3_store_large_object_size", "s3_store_large_object_chunk_size",
+                     "s3_store_thread_pools", "s3_store_cacert",
+                     "s3_store_enable_data_integrity_protection",
+                     "s3_store_request_checksum_calculation",
+                     "s3_store_response_checksum_validation"):
+            self._opt[name] = getattr(gc, name)
+        host = self._opt["s3_store_host"] or ""
+        self.s3_host = host
+        self.scheme = "s3+https" if host.startswith("https://") else "s3"
+        self.full_s3_host = host if host.startswith(("http://", "https://")) else "http://" + host
+        self.bucket = self._opt["s3_store_bucket"]
+        self.region_name = self._opt["s3_store_region_name"] or ""
+        self.large_object_size = (self._opt["s3_store_large_object_size"] or 0) * MiB
+        self.large_object_chunk_size = (self._opt["s3_store_large_object_chunk_size"] or 0) * MiB
+        self.thread_pools = self._opt["s3_store_thread_pools"] or 0
+        self._options_loaded = True
+
+    def _option(self, name):
+        """An option value; a falsy required one → BadStoreConfiguration (glance's rule)."""
+        value = self._opt[name]
+        if not value and name not in _MAY_BE_FALSY:
+            reason = "Could not find %s in configuration options." % name
+            LOG.error(reason)
+            raise exceptions.BadStoreConfiguration(store_name="s3", reason=reason)
+        return value
+
+    def configure_add(self):
+        with self._client_lock:
+            self._client = None
+        self._opt = {}
+        self._load_options()
+        for name in ("s3_store_host", "s3_store_region_name", "s3_store_access_key",
+                     "s3_store_secret_key", "s3_store_bucket",
+                     "s3_store_large_object_size", "s3_store_large_object_chunk_size"):
+            self._option(name)
+        if self.large_object_chunk_size < DEFAULT_LARGE_OBJECT_MIN_CHUNK_SIZE * MiB:
+            reason = ("s3_store_large_object_chunk_size must be at least %d MB."
+                      % DEFAULT_LARGE_OBJECT_MIN_CHUNK_SIZE)
+            LOG.error(reason)
+            raise exceptions.BadStoreConfiguration(store_name="s3", reason=reason)
+        if self.large_object_chunk_size > MAX_PART_SIZE:
+            reason = ("s3_store_large_object_chunk_size must be at most %d MB."
+                      % (MAX_PART_SIZE // MiB))
+            raise exceptions.BadStoreConfiguration(store_name="s3", reason=reason)
+        self._option("s3_store_thread_pools")
+        if self.thread_pools <= 0:
+            reason = "s3_store_thread_pools must be a positive integer. %s" % self.thread_pools
+            LOG.error(reason)
+            raise exceptions.BadStoreConfiguration(store_name="s3", reason=reason)
+        url_format = self._option("s3_store_bucket_url_format")
+        if url_format not in _URL_FORMATS:
+            raise exceptions.BadStoreConfiguration(
+                store_name="s3", reason="s3_store_bucket_url_format must be one of %s, not %r"
+                % (", ".join(_URL_FORMATS), url_format))
+        if self.backend_group:
+            self._url_prefix = "%s://%s/%s" % (
+                self.scheme, _strip_scheme(self.s3_host).strip("/"), self.bucket)
+
+    def _ensure_options(self):
+        if not self._options_loaded:
+            self._opt = {}
+            self._load_options()
+
+    def _get_client(self):
+        """This store's boto3 client (thread-safe; built once, on first use)."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._create_client()
+            return self._client
+
+    def _create_client(self):
+        self._ensure_options()
+        host = self._option("s3_store_host")
+        access_key = self._option("s3_store_access_key")
+        secret_key = self._option("s3_store_secret_key")
+        url_format = self._option("s3_store_bucket_url_format")
+        if self._opt["s3_store_enable_data_integrity_protection"]:
+            request_checksum = self._opt["s3_store_request_checksum_calculation"]
+            response_checksum = self._opt["s3_store_response_checksum_validation"]
+        else:
+            request_checksum = response_checksum = "when_required"
+        config = botocore.config.Config(
+            s3={"addressing_style": url_format},
+            request_checksum_calculation=request_checksum,
+            response_checksum_validation=response_checksum,
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            max_pool_connections=max(10, (self.thread_pools or DEFAULT_THREAD_POOLS) + 4),
+        )
+        bucket = self.bucket
+        if url_format == "virtual" and bucket and not botocore.utils.check_dns_name(bucket):
+            raise exceptions.BadStoreConfiguration(
+                store_name="s3", reason="The bucket name %r is not valid in a DNS name, "
+                "which s3_store_bucket_url_format = virtual needs" % bucket)
+        full_host = host if host.startswith(("http://", "https://")) else "http://" + host
+        aws_region = get_s3_location(host)
+        if self.region_name:
+            region_name, endpoint_url = self.region_name, full_host
+        elif aws_region:
+            region_name, endpoint_url = aws_region, None
+        else:
+            region_name, endpoint_url = None, full_host
+        cacert = self._opt["s3_store_cacert"]
+        session = boto3.session.Session(aws_access_key_id=access_key,
+                                        aws_secret_access_key=secret_key)
+        try:
+            with _s3_errors("client setup", bucket):
+                return session.client(
+                    service_name="s3", endpoint_url=endpoint_url, region_name=region_name,
+                    use_ssl=full_host.startswith("https://"),
+                    verify=cacert or None, config=config)
+        except ValueError as e:          # botocore: "Invalid endpoint: ..."
+            raise exceptions.BadStoreConfiguration(
+                store_name="s3", reason="Invalid s3_store_host %r: %s" % (host, e)) from e
+
+    # -- helpers -------------------------------------------------------------
+    @staticmethod
+    def _where(location_or_loc):
+        loc = getattr(location_or_loc, "store_location", location_or_loc)
+        return loc.bucket, loc.key
+
+    def _new_location(self, image_id, bucket=None, scheme=None, host=None):
+        specs = {"scheme": scheme or self.scheme,
+                 "bucket": bucket or self.bucket,
+                 "key": image_id,
+                 "s3serviceurl": host or self.full_s3_host}
+        return location.Location(specs["scheme"], StoreLocation, self.conf,
+                                 image_id=image_id, store_specs=specs,
+                                 backend=self.backend_group)
+
+    def _head(self, client, bucket, key, op="stat"):
+        """head_object, or None if the object does not exist."""
+        try:
+            return client.head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if _is_missing(e):
+                return None
+            raise _s3_error(e, op, bucket, key) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, op, bucket, key) from e
+
+    def _bucket_exists(self, client, bucket):
+        try:
+            client.head_bucket(Bucket=bucket)
+            return True
+        except botocore.exceptions.ClientError as e:
+            if _is_missing(e):
+                return False
+            raise _s3_error(e, "bucket check", bucket, write=True) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "bucket check", bucket, write=True) from e
+
+    def _ensure_bucket(self, client, bucket):
+        if self._bucket_exists(client, bucket):
+            return
+        if not self._opt["s3_store_create_bucket_on_put"]:
+            raise exceptions.BackendException(
+                "The bucket %s does not exist in S3. Please set the "
+                "s3_store_create_bucket_on_put option to add bucket to S3 "
+                "automatically." % bucket)
+        region = self.region_name or get_s3_location(self.s3_host)
+        kwargs = {"Bucket": bucket}
+        if region and region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            client.create_bucket(**kwargs)
+        except botocore.exceptions.ClientError as e:
+            # a concurrent add may have created it: that is fine
+            if _error_code(e) in ("BucketAlreadyOwnedByYou",):
+                return
+            mapped = _s3_error(e, "bucket creation", bucket, write=True)
+            if isinstance(mapped, exceptions.BackendException):
+                mapped = exceptions.BadStoreConfiguration(
+                    store_name="s3", reason="Failed to add bucket to S3: %s" % mapped)
+            raise mapped from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "bucket creation", bucket, write=True) from e
+        LOG.info("Created bucket %s", bucket)
+
+    def _part_size(self, number, image_size):
+        """Size of part ``number`` (from 1) of an upload of ``image_size`` (0: unknown)."""
+        base = self.large_object_chunk_size
+        if image_size:
+            needed = math.ceil(image_size / MAX_PART_NUM / MiB) * MiB
+            return min(MAX_PART_SIZE, max(base, needed))
+        return min(MAX_PART_SIZE, base << ((number - 1) // self._growth_interval()))
+
+    def _growth_interval(self):
+        base = self.large_object_chunk_size
+        if self._growth[0] != base:
+            self._growth = (base, growth_interval(base, self.GROWTH_INTERVALS))
+        return self._growth[1]
+
+    # -- glance_store API ----------------------------------------------------
+    @capabilities.check
+    def get(self, location, offset=0, chunk_size=None, context=None):
+        """(iterable of chunks, size). With ``offset``/``chunk_size`` a ranged
+        GET; ``chunk_size`` is the total number of bytes wanted and is then the
+        returned size; otherwise the returned size is the image size."""
+        client = self._get_client()
+        bucket, key = self._where(location)
+        offset = int(offset or 0)
+        kwargs = {"Bucket": bucket, "Key": key}
+        if offset or chunk_size:
+            end = "" if not chunk_size else str(offset + int(chunk_size) - 1)
+            kwargs["Range"] = "bytes=%d-%s" % (offset, end)
+        try:
+            resp = client.get_object(**kwargs)
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) != "InvalidRange":
+                raise _s3_error(e, "get", bucket, key) from e
+            # offset at/after the end: nothing to read
+            size = chunk_size or self._stat(client, bucket, key).size
+            return _ResponseIndexable(iter(()), size), size
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "get", bucket, key) from e
+        if "Range" in kwargs:
+            total = self._total_from_range(resp)
+            size = int(chunk_size) if chunk_size else total
+        else:
+            size = resp["ContentLength"]
+        chunks = self._stream(resp["Body"], bucket, key)
+        return _ResponseIndexable(chunks, size), size
+
+    @staticmethod
+    def _total_from_range(resp):
+        content_range = resp.get("ContentRange") or ""
+        total = content_range.rpartition("/")[2]
+        if total.isdigit():
+            return int(total)
+        return resp["ContentLength"]
+
+    def _stream(self, body, bucket, key):
+        try:
+            with _s3_errors("read", bucket, key):
+                while True:
+                    data = body.read(self.READ_CHUNKSIZE)
+                    if not data:
+                        return
+                    yield data
+        finally:
+            body.close()
+
+    def get_size(self, location, context=None):
+        return self.stat_image(location).size
+
+    @capabilities.check
+    def delete(self, location, context=None):
+        """Delete the image (NotFound if missing) and its gsfs sidecar; returns
+        the DeleteObject response, as glance_store 5.7 does."""
+        client = self._get_client()
+        bucket, key = self._where(location)
+        if self._head(client, bucket, key, op="delete") is None:
+            LOG.warning("Could not find key %s in bucket %s", key, bucket)
+            raise exceptions.NotFound(image=key)
+        with _s3_errors("delete", bucket, key, write=True):
+            resp = client.delete_object(Bucket=bucket, Key=key)
+        self._delete_sidecar(client, bucket, key, quiet=True)
+        return resp
+
+    # -- add -----------------------------------------------------------------
+    def _add(self, image_id, image_file, image_size, hashing_algo,
+             verifier=None, replace=False):
+        self._ensure_options()
+        client = self._get_client()
+        bucket = self._option("s3_store_bucket")
+        key = image_id
+        loc = self._new_location(key)
+        self._ensure_bucket(client, bucket)
+        if not replace and self._head(client, bucket, key, op="add") is not None:
+            LOG.warning("S3 already has an image with bucket %s, key %s", bucket, key)
+            raise exceptions.Duplicate(image=key)
+
+        image_size = int(image_size or 0)
+        hasher = hashing.ImageHasher(hashing_algo, verifier)
+        checker = driver.SizeChecker(image_size)
+        chunks = driver.chunkreadable(image_file, self.WRITE_CHUNKSIZE)
+        if image_size and image_size < self.large_object_size:
+            first_part = image_size          # one PUT, never multipart
+        else:
+            first_part = self._part_size(1, image_size)
+        total = self._upload(client, bucket, key, chunks, checker, hasher,
+                             image_size, first_part)
+        head = self._head(client, bucket, key, op="add")
+        if head is None or head["ContentLength"] != total:
+            raise exceptions.BackendException(
+                "S3 add of bucket %r key %r: the object written has %s bytes, not %d"
+                % (bucket, key, None if head is None else head["ContentLength"], total))
+        self._reset_sidecar(client, bucket, key, head, {
+            "checksum": hasher.checksum, "os_hash_algo": hasher.algo,
+            "os_hash_value": hasher.hash_value})
+        metadata = {"store": self.backend_group} if self.backend_group else {}
+        LOG.debug("Wrote %d bytes to S3 bucket %s key %s, checksum %s",
+                  total, bucket, key, hasher.checksum)
+        return loc.get_store_uri(), total, hasher.checksum, hasher.hash_value, metadata
+
+    def _upload(self, client, bucket, key, chunks, checker, hasher, image_size, first_part):
+        """Send the image: one PUT if it fits in the first part, else a
+        multipart upload with parts sent in parallel. Returns the size."""
+        buffers = _PartBuffers(self.thread_pools + 1)
+        mpu = _MultipartUpload(self, client, bucket, key, buffers)
+        number = 1
+        buf = buffers.take(first_part)
+        pos = 0
+        full = None            # a full part not sent yet: it may be the only one
+        try:
+            for chunk in chunks:
+                checker.add(len(chunk))      # "Size exceeds" before anything is sent
+                hasher.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    if buf is None:
+                        mpu.submit(full)
+                        full = None
+                        number += 1
+                        buf = buffers.take(self._part_size(number, image_size))
+                        pos = 0
+                    n = min(len(view), len(buf) - pos)
+                    buf[pos:pos + n] = view[:n]
+                    pos += n
+                    view = view[n:]
+                    if pos == len(buf):
+                        full, buf = buf, None
+                del view, chunk
+            checker.finish()                 # "Size mismatch"
+            if buf is not None:
+                del buf[pos:]
+                last, buf = buf, None
+                if full is not None:
+                    mpu.submit(full)
+                    full = None
+            else:
+                last, full = full, None
+            if mpu.upload_id is None:
+                with _s3_errors("add", bucket, key, write=True):
+                    client.put_object(Bucket=bucket, Key=key, Body=last)
+                return len(last)
+            if last:
+                mpu.submit(last)
+            last = None
+            mpu.complete()
+        except BaseException:
+            buf = full = last = None  # noqa: F841 - drop the buffers before waiting
+            mpu.abort()
+            raise
+        return mpu.size
+
+    # -- gsfs extensions -----------------------------------------------------
+    def location_for(self, image_id):
+        image_id = driver.validate_image_id(image_id, self.max_id_length)
+        self._ensure_options()
+        self._option("s3_store_host")
+        self._option("s3_store_bucket")
+        return self._new_location(image_id)
+
+    def list_images(self):
+        """ImageInfo of every image (top-level key) in the configured bucket.
+
+        ``mtime`` is the object's LastModified; a caller wanting a stored
+        'mtime' from get_image_meta() must merge it itself (one GET per image).
+        """
+        self._ensure_options()
+        client = self._get_client()
+        bucket = self._option("s3_store_bucket")
+        images = []
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Delimiter="/")
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    try:
+                        image_id = driver.validate_image_id(obj["Key"], self.max_id_length)
+                    except exceptions.Invalid:
+                        LOG.debug("Skipping S3 key %r: not an image id", obj["Key"])
+                        continue
+                    images.append(_image_info(image_id, obj["Size"], obj["LastModified"]))
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
+                return []
+            if _error_code(e) == "NoSuchBucket":
+                raise exceptions.BackendException(
+                    "The bucket %s does not exist in S3. Please set the "
+                    "s3_store_create_bucket_on_put option to add bucket to S3 "
+                    "automatically." % bucket) from e
+            raise _s3_error(e, "list", bucket) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "list", bucket) from e
+        return images
+
+    def _check_writable(self, what):
+        if not self.is_capable(capabilities.BitMasks.WRITE_ACCESS):
+            raise exceptions.StoreAddDisabled(
+                "Store %s cannot %s: its configuration failed, writing is disabled"
+                % (self, what))
+
+    def _stat(self, client, bucket, key):
+        head = self._head(client, bucket, key)
+        if head is None:
+            raise exceptions.NotFound(image=key)
+        return _image_info(key, head["ContentLength"], head["LastModified"])
+
+    def stat_image(self, location):
+        """ImageInfo from a HEAD (mtime = LastModified; see list_images)."""
+        bucket, key = self._where(location)
+        return self._stat(self._get_client(), bucket, key)
+
+    def read(self, location, offset, length):
+        """``length`` bytes at ``offset``; shorter only at the end, b'' after it."""
+        offset, length = int(offset), int(length)
+        if offset < 0 or length < 0:
+            raise exceptions.Invalid("Invalid read: offset %d, length %d" % (offset, length))
+        if length == 0:
+            return b""
+        client = self._get_client()
+        bucket, key = self._where(location)
+        try:
+            resp = client.get_object(Bucket=bucket, Key=key,
+                                     Range="bytes=%d-%d" % (offset, offset + length - 1))
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) == "InvalidRange":
+                return b""
+            raise _s3_error(e, "read", bucket, key) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "read", bucket, key) from e
+        body = resp["Body"]
+        try:
+            with _s3_errors("read", bucket, key):
+                return body.read()
+        finally:
+            body.close()
+
+    @staticmethod
+    def _sidecar_key(key):
+        return META_PREFIX + key
+
+    def _read_sidecar(self, client, bucket, key):
+        """The sidecar's dict (with its object tag), or None if there is none."""
+        meta_key = self._sidecar_key(key)
+        try:
+            resp = client.get_object(Bucket=bucket, Key=meta_key)
+            with contextlib.closing(resp["Body"]) as body:
+                raw = body.read()
+        except botocore.exceptions.ClientError as e:
+            if _is_missing(e):
+                return None
+            raise _s3_error(e, "metadata read", bucket, meta_key) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "metadata read", bucket, meta_key) from e
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            LOG.warning("Ignoring the unreadable gsfs metadata %s/%s", bucket, meta_key)
+            return {}
+        if not isinstance(meta, dict):
+            return {}
+        return {str(k): str(v) for k, v in meta.items()}
+
+    def _valid_meta(self, client, bucket, key, head):
+        """The stored metadata of the object version ``head`` describes: {} if
+        there is no sidecar or it was written for another version (the image
+        was deleted and re-added behind gsfs's back, e.g. by glance_store)."""
+        raw = self._read_sidecar(client, bucket, key)
+        if not raw:
+            return {}
+        tag = raw.pop(_SIDECAR_TAG, None)
+        if tag is not None and tag != _object_tag(head):
+            LOG.info("Ignoring the gsfs metadata of s3://%s/%s: it describes an older "
+                     "object of that name", bucket, key)
+            return {}
+        return raw
+
+    def _write_sidecar(self, client, bucket, key, head, meta):
+        """Store ``meta`` as the metadata of object version ``head``."""
+        meta = dict(meta)
+        meta[_SIDECAR_TAG] = _object_tag(head)
+        meta_key = self._sidecar_key(key)
+        with _s3_errors("metadata write", bucket, meta_key, write=True):
+            client.put_object(Bucket=bucket, Key=meta_key,
+                              Body=json.dumps(meta, sort_keys=True).encode("utf-8"),
+                              ContentType="application/json")
+
+    def _delete_sidecar(self, client, bucket, key, quiet=False):
+        meta_key = self._sidecar_key(key)
+        try:
+            with _s3_errors("metadata delete", bucket, meta_key, write=True):
+                client.delete_object(Bucket=bucket, Key=meta_key)
+        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
+            if not quiet:
+                raise
+            LOG.warning("Could not remove the gsfs metadata of %s/%s: %s", bucket, key, e)
+
+    def _reset_sidecar(self, client, bucket, key, head, meta):
+        """After an add: the new image's metadata replaces any stale sidecar.
+        The image is complete already, so a failure here only logs."""
+        try:
+            self._write_sidecar(client, bucket, key, head, meta)
+        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
+            LOG.warning("Could not store the gsfs metadata of %s/%s: %s", bucket, key, e)
+            self._delete_sidecar(client, bucket, key, quiet=True)
+
+    def _head_or_not_found(self, client, bucket, key, op="stat"):
+        head = self._head(client, bucket, key, op=op)
+        if head is None:
+            raise exceptions.NotFound(image=key)
+        return head
+
+    def get_image_meta(self, location):
+        """The image's gsfs metadata (str → str): what was stored for this very
+        object (add stores checksum, os_hash_algo, os_hash_value; see
+        set_image_meta) and always ``mtime`` (format_mtime_ns): the stored one,
+        else LastModified. NotFound if the image does not exist."""
+        client = self._get_client()
+        bucket, key = self._where(location)
+        head = self._head_or_not_found(client, bucket, key, op="metadata read")
+        meta = self._valid_meta(client, bucket, key, head)
+        meta.setdefault("mtime", driver.format_mtime_ns(_mtime_ns(head["LastModified"])))
+        return meta
+
+    def set_image_meta(self, location, meta):
+        """Merge ``meta`` (str → str) into the image's stored metadata."""
+        if not isinstance(meta, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise exceptions.Invalid("Image metadata must be a dict of str to str")
+        self._check_writable("store image metadata")
+        client = self._get_client()
+        bucket, key = self._where(location)
+        head = self._head_or_not_found(client, bucket, key, op="metadata write")
+        current = self._valid_meta(client, bucket, key, head)
+        current.update(meta)
+        self._write_sidecar(client, bucket, key, head, current)
+
+    def rename(self, location, new_id, replace=False):
+        """Server-side copy to ``new_id`` in the same bucket (UploadPartCopy
+        above MULTIPART_COPY_THRESHOLD), then delete the source; the metadata
+        follows, with the source's mtime. Duplicate if ``new_id`` exists and not
+        ``replace``. If the copy fails the source is untouched. Returns the new
+        Location."""
+        new_id = driver.validate_image_id(new_id, self.max_id_length)
+        self._check_writable("rename images")
+        client = self._get_client()
+        loc = getattr(location, "store_location", location)
+        bucket, key = loc.bucket, loc.key
+        source = self._head_or_not_found(client, bucket, key, op="rename")
+        new_location = self._new_location(new_id, bucket=bucket, scheme=loc.scheme,
+                                          host=loc.s3serviceurl)
+        if new_id == key:
+            return new_location
+        if not replace and self._head(client, bucket, new_id, op="rename") is not None:
+            raise exceptions.Duplicate(image=new_id)
+        self._copy_object(client, bucket, key, new_id, source["ContentLength"])
+        target = self._head_or_not_found(client, bucket, new_id, op="rename")
+        # the copy's LastModified is now: keep the source's mtime
+        meta = self._valid_meta(client, bucket, key, source)
+        meta.setdefault("mtime", driver.format_mtime_ns(_mtime_ns(source["LastModified"])))
+        self._write_sidecar(client, bucket, new_id, target, meta)
+        with _s3_errors("rename (delete source)", bucket, key, write=True):
+            client.delete_object(Bucket=bucket, Key=key)
+        self._delete_sidecar(client, bucket, key, quiet=True)
+        return new_location
+
+    def _copy_object(self, client, bucket, src, dst, size):
+        source = {"Bucket": bucket, "Key": src}
+        if size <= self.MULTIPART_COPY_THRESHOLD:
+            with _s3_errors("copy from %r" % src, bucket, dst, write=True):
+                client.copy_object(Bucket=bucket, Key=dst, CopySource=source,
+                                   MetadataDirective="COPY")
+            return
+        part_size = max(self.MULTIPART_COPY_PART_SIZE,
+                        math.ceil(size / MAX_PART_NUM / MiB) * MiB)
+        part_size = min(part_size, MAX_PART_SIZE)
+        with _s3_errors("copy from %r" % src, bucket, dst, write=True):
+            upload_id = client.create_multipart_upload(Bucket=bucket, Key=dst)["UploadId"]
+        self._active_uploads.add(upload_id)
+
+        def copy_part(number, start):
+            end = min(size, start + part_size) - 1
+            resp = client.upload_part_copy(
+                Bucket=bucket, Key=dst, UploadId=upload_id, PartNumber=number,
+                CopySource=source, CopySourceRange="bytes=%d-%d" % (start, end))
+            return {"PartNumber": number, "ETag": resp["CopyPartResult"]["ETag"]}
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.thread_pools or 1,
+                    thread_name_prefix="gsfs-s3-copy") as executor:
+                futures = [executor.submit(copy_part, i + 1, start)
+                           for i, start in enumerate(range(0, size, part_size))]
+                try:
+                    with _s3_errors("copy part from %r" % src, bucket, dst, write=True):
+                        parts = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+            with _s3_errors("complete copy from %r" % src, bucket, dst, write=True):
+                client.complete_multipart_upload(
+                    Bucket=bucket, Key=dst, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                client.abort_multipart_upload(Bucket=bucket, Key=dst, UploadId=upload_id)
+            except Exception as e:
+                LOG.error("Could not abort the multipart copy to %s/%s: %s", bucket, dst, e)
+            raise
+        finally:
+            self._active_uploads.discard(upload_id)
+
+    def capacity(self):
+        return None
+
+    def cleanup_leftovers(self):
+        """Abort every unfinished multipart upload of an image in the configured
+        bucket (except the ones this store is running), and remove sidecars
+        whose image is gone (e.g. deleted through glance_store). Returns one
+        description per thing removed; nothing if writing is disabled."""
+        if not self.is_capable(capabilities.BitMasks.WRITE_ACCESS):
+            return []
+        self._ensure_options()
+        client = self._get_client()
+        bucket = self._option("s3_store_bucket")
+        done = []
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    key, upload_id = upload["Key"], upload["UploadId"]
+                    if upload_id in self._active_uploads or not self._is_image_id(key):
+                        continue
+                    with _s3_errors("abort multipart upload", bucket, key, write=True):
+                        client.abort_multipart_upload(Bucket=bucket, Key=key,
+                                                      UploadId=upload_id)
+                    initiated = upload.get("Initiated")
+                    done.append("aborted the unfinished multipart upload %s of s3://%s/%s"
+                                " (started %s)" % (upload_id, bucket, key,
+                                                   initiated.isoformat() if initiated else "?"))
+            # sidecars first: one is written after its image, so an image
+            # missing from the later listing is really gone
+            sidecars = []
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=META_PREFIX)
+            for page in pages:
+                sidecars.extend(obj["Key"] for obj in page.get("Contents", ()))
+            if sidecars:
+                images = {info.id for info in self.list_images()}
+                for meta_key in sidecars:
+                    image_id = meta_key[len(META_PREFIX):]
+                    if image_id in images or not self._is_image_id(image_id):
+                        continue
+                    with _s3_errors("metadata delete", bucket, meta_key, write=True):
+                        client.delete_object(Bucket=bucket, Key=meta_key)
+                    done.append("removed s3://%s/%s: metadata of a missing image"
+                                % (bucket, meta_key))
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) == "NoSuchBucket":
+                return done
+            raise _s3_error(e, "cleanup", bucket) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "cleanup", bucket) from e
+        for line in done:
+            LOG.info("%s", line)
+        return done
+
+    def _is_image_id(self, key):
+        try:
+            driver.validate_image_id(key, self.max_id_length)
+        except exceptions.Invalid:
+            return False
+        return True

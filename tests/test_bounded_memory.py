@@ -1,0 +1,129 @@
+"""Memory bounds of the drivers' add paths (docs/memory.md), measured for real.
+
+Each test runs the add in a SUBPROCESS (a fresh interpreter, so its peak RSS,
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``, is the add's and nobody
+else's), with image data generated on the fly: the image itself never exists
+in memory. The subprocess first measures a baseline (interpreter, gsfs, the
+driver library and its client, one tiny add), then adds the big image and
+reports its peak; the bound is baseline + the driver's documented buffers +
+a fixed allowance.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+SLACK = 64 * MiB          # allocator and library noise on top of the documented buffers
+
+
+def run_measurement(script, params, timeout=1200):
+    """Run ``script`` in a fresh interpreter with ``params`` (JSON on argv[1]);
+    its last stdout line is a JSON report."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(params)], cwd=str(ROOT), env=env,
+        capture_output=True, text=True, timeout=timeout)
+    sys.stderr.write(proc.stderr[-4000:])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- S3 add
+
+S3_ADD_SCRIPT = r'''
+import hashlib, json, random, resource, sys, tempfile, time
+from pathlib import Path
+
+from tests.storeconf import ini, load_stores
+from gsfs import multi_backend
+
+p = json.loads(sys.argv[1])
+MiB = 1024 * 1024
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generated(total, md5):
+    """``total`` bytes in 1 MiB chunks: one pseudo-random block, its first
+    8 bytes replaced by the chunk counter. Only one chunk exists at a time."""
+    block = random.Random(20261125).randbytes(MiB)
+    for i in range(total // MiB):
+        chunk = i.to_bytes(8, "little") + block[8:]
+        md5.update(chunk)
+        yield chunk
+
+
+conf = load_stores(Path(tempfile.mkdtemp()), ini({
+    "DEFAULT": {"enabled_backends": "cloud:s3"},
+    "glance_store": {"default_backend": "cloud"},
+    "cloud": {
+        "s3_store_host": p["endpoint"],
+        "s3_store_access_key": p["access_key"],
+        "s3_store_secret_key": p["secret_key"],
+        "s3_store_bucket": p["bucket"],
+        "s3_store_bucket_url_format": "path",
+        "s3_store_large_object_size": p["large_object_mib"],
+        "s3_store_large_object_chunk_size": p["part_mib"],
+        "s3_store_thread_pools": p["threads"],
+    },
+}))
+
+# baseline: everything but the part buffers (a known-size tiny image is one PUT)
+multi_backend.add_with_multihash(conf, "baseline", iter([b"x" * 1024]), 1024, "cloud",
+                                 "sha512")
+baseline = peak_rss()
+
+md5 = hashlib.md5()
+start = time.monotonic()
+uri, size, checksum, multihash, meta = multi_backend.add_with_multihash(
+    conf, p["image_id"], generated(p["size"], md5), 0, "cloud", "sha512")
+seconds = time.monotonic() - start
+print(json.dumps({
+    "uri": uri, "size": size, "checksum_ok": checksum == md5.hexdigest(),
+    "multihash_len": len(multihash), "meta": meta, "seconds": seconds,
+    "baseline_rss": baseline, "peak_rss": peak_rss(),
+}))
+'''
+
+
+@pytest.mark.ceph
+def test_s3_2gib_unknown_size_bounded_rss(ceph, s3_bucket):
+    """2 GiB of unknown size (0) through add_with_multihash on radosgw: peak RSS
+    stays below baseline + (threads + 1) x part size + 64 MiB (docs/memory.md)."""
+    threads, part_mib, size = 10, 10, 2 * GiB           # glance_store's defaults
+    params = {
+        "endpoint": ceph.rgw_endpoint, "access_key": ceph.access_key,
+        "secret_key": ceph.secret_key, "bucket": s3_bucket,
+        "threads": threads, "part_mib": part_mib, "large_object_mib": 100,
+        "size": size, "image_id": "big-unknown-size",
+    }
+    report = run_measurement(S3_ADD_SCRIPT, params)
+    parts = (threads + 1) * part_mib * MiB
+    bound = report["baseline_rss"] + parts + SLACK
+    sys.stderr.write(
+        "S3 add of 2 GiB, size unknown: %.1f s (%.0f MiB/s); RSS baseline %.1f MiB, "
+        "peak %.1f MiB (+%.1f MiB), bound %.1f MiB (baseline + %d parts x %d MiB + %d MiB)\n"
+        % (report["seconds"], size / MiB / report["seconds"], report["baseline_rss"] / MiB,
+           report["peak_rss"] / MiB, (report["peak_rss"] - report["baseline_rss"]) / MiB,
+           bound / MiB, threads + 1, part_mib, SLACK // MiB))
+    assert report["size"] == size
+    assert report["checksum_ok"] and report["multihash_len"] == 128
+    assert report["meta"] == {"store": "cloud"}
+    assert report["uri"].endswith("/%s/big-unknown-size" % s3_bucket)
+    assert report["peak_rss"] < bound, report
+
+    s3 = ceph.s3_client()
+    head = s3.head_object(Bucket=s3_bucket, Key="big-unknown-size")
+    assert head["ContentLength"] == size
+    assert head["ETag"].endswith('-%d"' % (size // (part_mib * MiB) + 1))   # 205 parts
+    assert s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    s3.delete_object(Bucket=s3_bucket, Key="big-unknown-size")

@@ -1,0 +1,841 @@
+"""The ``s3`` driver against a real radosgw (the session ``ceph`` fixture).
+
+Configured the real way: a glance-api.conf-style ini file loaded into
+``cfg.CONF`` (tests/storeconf.py), then gsfs.multi_backend as Glance uses it.
+Each test gets a fresh bucket (``s3_bucket``); a plain boto3 client
+(``ceph.s3_client()``) checks what is really on the server. No mocks.
+"""
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import botocore.exceptions
+import pytest
+from glance_store._drivers import s3 as glance_s3
+from oslo_config import cfg
+
+from gsfs import backend, capabilities, driver, exceptions, location, multi_backend
+from gsfs.drivers import s3
+from tests.servers.ceph import purge_bucket
+from tests.storeconf import ini, load_stores, store_config  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.ceph
+
+MiB = 1024 * 1024
+SMALL = b"hello world!" * 1000                       # 12000 bytes
+BIG = os.urandom(12 * MiB + 7)                        # 3 parts of 5 MiB
+MD5_EMPTY = "d41d8cd98f00b204e9800998ecf8427e"
+NOT_THERE_MSG = ("The bucket %s does not exist in S3. Please set the "
+                 "s3_store_create_bucket_on_put option to add bucket to S3 automatically.")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chunks_of(data, size=1 * MiB):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def s3conf(ceph, s3_bucket, store_config):  # noqa: F811
+    """Loader: configure store ``cloud`` (s3 on radosgw) from a glance-api.conf."""
+
+    def load(store_id="cloud", defaults=None, **options):
+        section = {
+            "store_description": "radosgw",
+            "s3_store_host": ceph.rgw_endpoint,
+            "s3_store_access_key": ceph.access_key,
+            "s3_store_secret_key": ceph.secret_key,
+            "s3_store_bucket": s3_bucket,
+            "s3_store_bucket_url_format": "path",
+            "s3_store_large_object_size": 5,
+            "s3_store_large_object_chunk_size": 5,
+            "s3_store_thread_pools": 3,
+        }
+        section.update(options)
+        sections = {
+            "DEFAULT": {"enabled_backends": "%s:s3" % store_id},
+            "glance_store": {"default_backend": store_id},
+            store_id: section,
+        }
+        if defaults:
+            sections["backend_defaults"] = defaults
+        return store_config(ini(sections))
+
+    return load
+
+
+@pytest.fixture
+def cloud(ceph, s3_bucket, s3conf):
+    conf = s3conf()
+    return SimpleNamespace(
+        conf=conf, bucket=s3_bucket, client=ceph.s3_client(),
+        store=multi_backend.get_store_from_store_identifier("cloud"),
+        prefix="s3://%s/%s" % (ceph.rgw_endpoint[len("http://"):], s3_bucket))
+
+
+def head(cloud, key):
+    try:
+        return cloud.client.head_object(Bucket=cloud.bucket, Key=key)
+    except botocore.exceptions.ClientError as e:
+        if e.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+            return None
+        raise
+
+
+def body(cloud, key):
+    return cloud.client.get_object(Bucket=cloud.bucket, Key=key)["Body"].read()
+
+
+def uploads(cloud, bucket=None):
+    return cloud.client.list_multipart_uploads(Bucket=bucket or cloud.bucket).get("Uploads", [])
+
+
+def add(cloud, image_id, data, size, algo="sha512"):
+    return multi_backend.add_with_multihash(cloud.conf, image_id, data, size, "cloud", algo)
+
+
+# ---------------------------------------------------------------- options, configuration
+
+def test_options_are_glance_store_s3_options():
+    ours = {o.name: o for o in s3.Store.OPTIONS}
+    theirs = {o.name: o for o in glance_s3._S3_OPTS}
+    assert list(ours) == list(theirs)
+    for name, opt in theirs.items():
+        mine = ours[name]
+        assert type(mine) is type(opt), name
+        assert mine.default == opt.default, name
+        assert mine.secret == opt.secret, name
+        assert getattr(mine.type, "min", None) == getattr(opt.type, "min", None), name
+        assert getattr(mine.type, "max", None) == getattr(opt.type, "max", None), name
+        assert getattr(mine.type, "choices", None) == getattr(opt.type, "choices", None), name
+
+
+def test_configured_store(cloud):
+    store = cloud.store
+    assert load_stores.last_count == 3                    # s3, s3+http, s3+https
+    assert store.url_prefix == cloud.prefix
+    assert "@" not in store.url_prefix
+    for cap in (capabilities.BitMasks.RW_ACCESS, capabilities.BitMasks.READ_RANDOM,
+                capabilities.BitMasks.DRIVER_REUSABLE, capabilities.BitMasks.RENAME_COPY):
+        assert store.is_capable(cap)
+    assert store.description == "radosgw"
+    assert store.max_id_length == 1000
+    assert store.capacity() is None
+    assert set(multi_backend.get_known_schemes_for_multi_store()) == {"s3", "s3+http", "s3+https"}
+    # reusable: one instance and one client
+    assert multi_backend.get_store_from_store_identifier("cloud") is store
+    add(cloud, "one", io.BytesIO(b"x"), 1)
+    client = store._client
+    add(cloud, "two", io.BytesIO(b"y"), 1)
+    assert store._client is client
+
+
+def test_https_host_gives_s3_https_prefix(s3conf, s3_bucket):
+    s3conf(s3_store_host="https://127.0.0.1:9")
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    assert store.url_prefix == "s3+https://127.0.0.1:9/%s" % s3_bucket
+    loc = store.location_for("abc")
+    assert loc.get_store_uri() == "s3+https://127.0.0.1:9/%s/abc" % s3_bucket
+    assert loc.store_name == "s3+https" and loc.backend_group == "cloud"
+
+
+@pytest.mark.parametrize("option,value", [
+    ("s3_store_host", ""), ("s3_store_access_key", ""), ("s3_store_secret_key", ""),
+    ("s3_store_bucket", ""), ("s3_store_large_object_chunk_size", 4),
+    ("s3_store_large_object_chunk_size", 0), ("s3_store_thread_pools", 0),
+    ("s3_store_thread_pools", -1), ("s3_store_bucket_url_format", "sideways"),
+])
+def test_bad_configuration_disables_add(s3conf, option, value):
+    s3conf(**{option: value})
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    assert store.url_prefix is None
+    assert not store.is_capable(capabilities.BitMasks.WRITE_ACCESS)
+    with pytest.raises(exceptions.StoreAddDisabled):
+        multi_backend.add_with_multihash(cfg.CONF, "x", io.BytesIO(b"1"), 1, "cloud", "md5")
+    with pytest.raises(exceptions.BadStoreConfiguration) as e:
+        store.configure_add()
+    assert "Reason:" in str(e.value)
+    if "key" in option:
+        assert "Could not find %s" % option in str(e.value)
+    # the other writing operations are refused as well
+    with pytest.raises(exceptions.StoreAddDisabled):
+        store.rename(None, "b")
+    with pytest.raises(exceptions.StoreAddDisabled):
+        store.set_image_meta(None, {"a": "b"})
+    assert store.cleanup_leftovers() == []
+
+
+def test_invalid_host_is_a_configuration_error(s3conf):
+    s3conf(s3_store_host="http://exa mple:80")
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    with pytest.raises(exceptions.BadStoreConfiguration) as e:
+        store.stat_image(store.location_for("x"))
+    assert "exa mple" in str(e.value)
+
+
+def test_backend_defaults_fill_unset_options(ceph, s3_bucket, s3conf):
+    # only the host in the store's own group; everything else in [backend_defaults]
+    s3conf(s3_store_access_key=None, s3_store_secret_key=None, s3_store_bucket=None,
+           s3_store_thread_pools=None,
+           defaults={"s3_store_access_key": ceph.access_key,
+                     "s3_store_secret_key": ceph.secret_key,
+                     "s3_store_bucket": s3_bucket, "s3_store_thread_pools": 2})
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    assert store.is_capable(capabilities.BitMasks.WRITE_ACCESS)
+    assert store.thread_pools == 2 and store.bucket == s3_bucket
+    uri = multi_backend.add(cfg.CONF, "bd", io.BytesIO(SMALL), len(SMALL), None)[0]
+    assert b"".join(multi_backend.get(uri, "cloud")[0]) == SMALL
+
+
+# ---------------------------------------------------------------- add
+
+def test_add_returns_glance_4_tuple(cloud):
+    result = multi_backend.add(cloud.conf, "img4", io.BytesIO(SMALL), len(SMALL), None)
+    assert result == (cloud.prefix + "/img4", len(SMALL), hashlib.md5(SMALL).hexdigest(),
+                      {"store": "cloud"})
+    assert body(cloud, "img4") == SMALL
+
+
+@pytest.mark.parametrize("name,data,size,parts", [
+    ("small-known", SMALL, len(SMALL), 0),
+    ("small-unknown", SMALL, 0, 0),
+    ("empty-unknown", b"", 0, 0),
+    ("one-part-exactly-unknown", BIG[:5 * MiB], 0, 0),
+    ("big-known", BIG, len(BIG), 3),
+    ("big-unknown", BIG, 0, 3),
+    ("two-parts-exactly-unknown", BIG[:10 * MiB], 0, 2),
+])
+def test_add_with_multihash_5_tuple(cloud, name, data, size, parts):
+    for source in (io.BytesIO(data), chunks_of(data, 999_999)):
+        image_id = "%s-%s" % (name, type(source).__name__)
+        result = add(cloud, image_id, source, size)
+        assert result == (cloud.prefix + "/" + image_id, len(data),
+                          hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest(),
+                          {"store": "cloud"})
+        h = head(cloud, image_id)
+        assert h["ContentLength"] == len(data)
+        if parts:
+            assert h["ETag"].endswith('-%d"' % parts)          # a multipart upload
+        else:
+            assert h["ETag"] == '"%s"' % hashlib.md5(data).hexdigest()   # one PUT
+        assert body(cloud, image_id) == data
+    assert uploads(cloud) == []
+
+
+def test_add_of_empty_image_known_checksums(cloud):
+    result = add(cloud, "empty", iter([]), 0, "sha256")
+    assert result[1:4] == (0, MD5_EMPTY, hashlib.sha256(b"").hexdigest())
+    data, size = multi_backend.get(result[0], "cloud")
+    assert size == 0 and b"".join(data) == b""
+
+
+def test_add_feeds_the_verifier(cloud):
+    class Verifier:
+        def __init__(self):
+            self.h = hashlib.sha1()
+
+        def update(self, chunk):
+            self.h.update(chunk)
+
+    v = Verifier()
+    multi_backend.add_with_multihash(cloud.conf, "verified", io.BytesIO(BIG), 0, "cloud",
+                                     "md5", verifier=v)
+    assert v.h.hexdigest() == hashlib.sha1(BIG).hexdigest()
+
+
+def test_add_stores_checksums_as_metadata(cloud):
+    add(cloud, "meta-add", io.BytesIO(SMALL), 0, "sha256")
+    meta = cloud.store.get_image_meta(cloud.store.location_for("meta-add"))
+    assert meta["checksum"] == hashlib.md5(SMALL).hexdigest()
+    assert meta["os_hash_algo"] == "sha256"
+    assert meta["os_hash_value"] == hashlib.sha256(SMALL).hexdigest()
+    assert driver.parse_mtime_ns(meta["mtime"]) == cloud.store.stat_image(
+        cloud.store.location_for("meta-add")).mtime_ns
+
+
+@pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])
+def test_duplicate_leaves_the_original(cloud, data):
+    add(cloud, "dup", io.BytesIO(data), len(data))
+    with pytest.raises(exceptions.Duplicate) as e:
+        add(cloud, "dup", io.BytesIO(b"other" * 3 * MiB), 0)
+    assert str(e.value) == "Image dup already exists"
+    assert body(cloud, "dup") == data
+    assert uploads(cloud) == []
+
+
+@pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])
+def test_add_image_replace(cloud, data):
+    store = cloud.store
+    add(cloud, "rep", io.BytesIO(b"old"), 3)
+    loc = store.location_for("rep")
+    store.set_image_meta(loc, {"mtime": "100.000000000", "extra": "x"})
+    result = store.add_image("rep", io.BytesIO(data), 0, "sha512", replace=True)
+    assert result[1:3] == (len(data), hashlib.md5(data).hexdigest())
+    assert body(cloud, "rep") == data
+    meta = store.get_image_meta(loc)
+    assert meta["checksum"] == hashlib.md5(data).hexdigest()
+    assert "extra" not in meta and meta["mtime"] != "100.000000000"   # stale metadata gone
+    with pytest.raises(exceptions.Duplicate):
+        store.add_image("rep", io.BytesIO(b"z"), 1)
+
+
+@pytest.mark.parametrize("data,declared", [
+    (SMALL, 10), (SMALL, len(SMALL) - 1),                  # one PUT, too big
+    (BIG, len(BIG) - 1), (BIG, 6 * MiB),                   # multipart, too big
+], ids=["single-10", "single-minus-1", "multipart-minus-1", "multipart-6MiB"])
+def test_size_exceeds_leaves_nothing(cloud, data, declared):
+    with pytest.raises(exceptions.Invalid) as e:
+        add(cloud, "toobig", chunks_of(data), declared)
+    assert str(e.value).startswith("Size exceeds: expected %d bytes, got " % declared)
+    assert head(cloud, "toobig") is None
+    assert uploads(cloud) == []
+
+
+@pytest.mark.parametrize("data,declared", [
+    (SMALL, 24000), (SMALL, 5 * MiB), (BIG, len(BIG) + 1), (BIG, 100 * MiB),
+], ids=["single", "single-threshold", "multipart-plus-1", "multipart-100MiB"])
+def test_size_mismatch_leaves_nothing(cloud, data, declared):
+    with pytest.raises(exceptions.Invalid) as e:
+        add(cloud, "tooshort", io.BytesIO(data), declared)
+    assert str(e.value) == "Size mismatch: expected %d bytes, got %d bytes" % (
+        declared, len(data))
+    assert head(cloud, "tooshort") is None
+    assert uploads(cloud) == []
+
+
+@pytest.mark.parametrize("error", [OSError("disk gone"), KeyboardInterrupt()],
+                         ids=["oserror", "keyboardinterrupt"])
+def test_source_failure_aborts_the_upload(cloud, error):
+    def source():
+        yield from chunks_of(BIG)               # 12 MiB: two parts sent already
+        raise error
+
+    with pytest.raises(type(error)):
+        add(cloud, "broken", source(), 0)
+    assert head(cloud, "broken") is None
+    assert uploads(cloud) == []
+
+
+def test_bad_data_types(cloud):
+    with pytest.raises(exceptions.Invalid):
+        add(cloud, "bytes", SMALL, len(SMALL))
+    with pytest.raises(exceptions.UnknownHashingAlgo):
+        add(cloud, "algo", io.BytesIO(SMALL), len(SMALL), "SHA256")
+    with pytest.raises(exceptions.Invalid):
+        add(cloud, "a/b", io.BytesIO(SMALL), len(SMALL))
+    with pytest.raises(exceptions.Invalid):
+        add(cloud, "x" * 1001, io.BytesIO(SMALL), len(SMALL))
+    assert cloud.client.list_objects_v2(Bucket=cloud.bucket).get("Contents", []) == []
+
+
+def test_parallel_parts_are_bounded(cloud):
+    """Backpressure: the source is never read more than (threads + 1) parts
+    ahead of the parts the server has acknowledged, and parts really go in
+    parallel. The server is slowed down with a botocore event hook."""
+    store = cloud.store
+    part = store.large_object_chunk_size
+    state = {"done": 0, "active": 0, "max_active": 0, "max_ahead": 0}
+    lock = threading.Lock()
+
+    def before_part(**kwargs):
+        with lock:
+            state["active"] += 1
+            state["max_active"] = max(state["max_active"], state["active"])
+        time.sleep(0.2)
+
+    def after_part(**kwargs):
+        with lock:
+            state["active"] -= 1
+            state["done"] += 1
+
+    def source(data):
+        sent = 0
+        for chunk in chunks_of(data):
+            with lock:
+                state["max_ahead"] = max(state["max_ahead"], sent - state["done"] * part)
+            yield chunk
+            sent += len(chunk)
+
+    client = store._get_client()
+    client.meta.events.register("before-send.s3.UploadPart", before_part)
+    client.meta.events.register("after-call.s3.UploadPart", after_part)
+    try:
+        data = BIG * 4                # 48 MiB: 10 parts of 5 MiB
+        add(cloud, "parallel", source(data), 0)
+    finally:
+        client.meta.events.unregister("before-send.s3.UploadPart", before_part)
+        client.meta.events.unregister("after-call.s3.UploadPart", after_part)
+    assert body(cloud, "parallel") == data
+    assert state["done"] == 10
+    assert state["max_active"] >= 2
+    assert state["max_ahead"] <= (store.thread_pools + 1) * part
+    assert state["max_ahead"] >= store.thread_pools * part     # it did run ahead
+
+
+# ---------------------------------------------------------------- get, size, read
+
+@pytest.fixture
+def stored(cloud):
+    uri = add(cloud, "data", io.BytesIO(BIG), len(BIG))[0]
+    add(cloud, "hello", io.BytesIO(b"hello world"), 11)
+    return SimpleNamespace(uri=uri, hello=cloud.prefix + "/hello", **vars(cloud))
+
+
+def test_get_whole_image(stored):
+    data, size = multi_backend.get(stored.uri, "cloud")
+    assert size == len(BIG) and len(data) == len(BIG)
+    assert isinstance(data, backend.Indexable)
+    chunks = list(data)
+    assert all(len(c) <= s3.Store.READ_CHUNKSIZE for c in chunks)
+    assert b"".join(chunks) == BIG
+    assert multi_backend.get_size_from_uri_and_backend(stored.uri, "cloud") == len(BIG)
+
+
+@pytest.mark.parametrize("offset,chunk_size,expected,size", [
+    (6, 5, b"world", 5),
+    (6, None, b"world", 11),            # offset alone: the full size, as glance's file driver
+    (0, 5, b"hello", 5),
+    (0, 0, b"hello world", 11),         # chunk_size 0 means the whole image
+    (6, 100, b"world", 100),            # past the end: short data, size = chunk_size
+    (11, None, b"", 11),                # offset at EOF
+    (50, 3, b"", 3),                    # offset past EOF
+])
+def test_get_offset_and_chunk_size(stored, offset, chunk_size, expected, size):
+    data, got_size = multi_backend.get(stored.hello, "cloud", offset=offset,
+                                       chunk_size=chunk_size)
+    assert b"".join(data) == expected
+    assert got_size == size
+
+
+def test_get_ranges_across_parts(stored):
+    for offset, length in [(5 * MiB - 3, 10), (0, 12 * MiB + 7), (10 * MiB, 3 * MiB)]:
+        data, size = multi_backend.get(stored.uri, "cloud", offset=offset, chunk_size=length)
+        assert b"".join(data) == BIG[offset:offset + length]
+
+
+def test_read(stored):
+    store = stored.store
+    loc = store.location_for("data")
+    assert store.read(loc, 0, 100) == BIG[:100]
+    assert store.read(loc, 5 * MiB - 10, 20) == BIG[5 * MiB - 10:5 * MiB + 10]
+    assert store.read(loc, len(BIG) - 5, 100) == BIG[-5:]          # short only at the end
+    assert store.read(loc, len(BIG), 10) == b""
+    assert store.read(loc, len(BIG) + 100, 10) == b""
+    assert store.read(loc, 3, 0) == b""
+    assert store.read(loc, 1, 8 * MiB) == BIG[1:8 * MiB + 1]
+
+
+def test_stat_and_list_images(stored):
+    store = stored.store
+    # what is not an image: a sidecar, nested keys, an invalid id
+    for key in ("dir/nested", ".gsfs-meta/x", "a..b"):
+        stored.client.put_object(Bucket=stored.bucket, Key=key, Body=b"nope")
+    infos = {i.id: i for i in store.list_images()}
+    assert set(infos) == {"data", "hello"}
+    assert infos["data"].size == len(BIG) and infos["hello"].size == 11
+    st = store.stat_image(store.location_for("hello"))
+    assert st == infos["hello"]
+    assert abs(st.mtime - time.time()) < 120
+    assert st.mtime_ns == int(st.mtime) * 10**9
+    assert store.get_size(store.location_for("data")) == len(BIG)
+
+
+def test_list_images_pages(cloud):
+    """More than one ListObjectsV2 page (1000 keys each)."""
+    keys = ["img%04d" % i for i in range(1005)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: cloud.client.put_object(Bucket=cloud.bucket, Key=k, Body=b""),
+                      keys))
+    assert sorted(i.id for i in cloud.store.list_images()) == keys
+
+
+@pytest.mark.parametrize("call", ["get", "get_size", "delete", "stat", "read", "meta",
+                                  "set_meta", "rename"])
+def test_missing_image_is_not_found(cloud, call):
+    store = cloud.store
+    loc = store.location_for("none")
+    uri = cloud.prefix + "/none"
+    actions = {
+        "get": lambda: multi_backend.get(uri, "cloud"),
+        "get_size": lambda: multi_backend.get_size_from_uri_and_backend(uri, "cloud"),
+        "delete": lambda: multi_backend.delete(uri, "cloud"),
+        "stat": lambda: store.stat_image(loc),
+        "read": lambda: store.read(loc, 0, 10),
+        "meta": lambda: store.get_image_meta(loc),
+        "set_meta": lambda: store.set_image_meta(loc, {"a": "b"}),
+        "rename": lambda: store.rename(loc, "other"),
+    }
+    with pytest.raises(exceptions.NotFound) as e:
+        actions[call]()
+    assert str(e.value) == "Image none not found"
+
+
+def test_missing_image_searched_without_backend(cloud):
+    with pytest.raises(exceptions.NotFound) as e:
+        multi_backend.get(cloud.prefix + "/none", None)
+    assert str(e.value) == "Image not found in any configured backend"
+
+
+# ---------------------------------------------------------------- delete
+
+def test_delete_returns_the_boto_response(cloud):
+    uri = add(cloud, "gone", io.BytesIO(SMALL), 0)[0]
+    assert head(cloud, s3.META_PREFIX + "gone") is not None
+    resp = multi_backend.delete(uri, "cloud")
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert head(cloud, "gone") is None
+    assert head(cloud, s3.META_PREFIX + "gone") is None          # sidecar removed too
+    with pytest.raises(exceptions.NotFound):
+        multi_backend.delete(uri, "cloud")
+
+
+# ---------------------------------------------------------------- URIs, schemes, lookups
+
+def test_unknown_store_and_scheme(cloud):
+    with pytest.raises(exceptions.UnknownScheme) as e:
+        multi_backend.add_with_multihash(cloud.conf, "x", io.BytesIO(b"1"), 1, "nope", "md5")
+    assert str(e.value) == "Store for identifier nope not found"
+    with pytest.raises(exceptions.UnknownScheme) as e:
+        multi_backend.get("ftp://host/bucket/key", "cloud")
+    assert str(e.value) == "Unknown scheme 'ftp' found in URI"
+    with pytest.raises(exceptions.UnknownScheme) as e:
+        multi_backend.get(cloud.prefix + "/x", "other")
+    assert str(e.value) == "Unknown scheme 'other' found in URI"
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://bucket/key", "s3://host/bucket/", "s3://https://host/bucket/key", "s3:///bucket/key",
+])
+def test_malformed_uris(cloud, uri):
+    with pytest.raises(exceptions.BadStoreUri):
+        multi_backend.get(uri, "cloud")
+
+
+def test_old_credentialed_uri_parses_and_reads(cloud, ceph):
+    add(cloud, "old", io.BytesIO(SMALL), len(SMALL))
+    hostport = ceph.rgw_endpoint[len("http://"):]
+    for creds in ("AKIAOLD:SECRET", "AKIAOLD:se/cr+et", ceph.access_key + ":" + ceph.secret_key):
+        for scheme in ("s3", "s3+http"):
+            uri = "%s://%s@%s/%s/old" % (scheme, creds, hostport, cloud.bucket)
+            loc = location.get_location_from_uri_and_backend(uri, "cloud")
+            sl = loc.store_location
+            assert (sl.bucket, sl.key, sl.s3serviceurl) == (cloud.bucket, "old", hostport)
+            assert "@" not in loc.get_store_uri()
+            assert "SECRET" not in loc.get_store_uri()
+            data, size = multi_backend.get(uri, "cloud")      # the configured keys are used
+            assert size == len(SMALL) and b"".join(data) == SMALL
+
+
+@pytest.mark.parametrize("uri", [
+    "s3://host.example/bucket/img",
+    "s3+https://host.example:8080/bucket/img",
+    "s3+http://10.0.0.1:7480/b/k",
+    "s3://host.example/a/b/bucket/img",
+    "s3://host.example/bucket/img@2",
+])
+def test_uri_parsing_matches_glance_store(uri):
+    theirs = glance_s3.StoreLocation({}, None)
+    theirs.parse_uri(uri)
+    ours = s3.StoreLocation({}, None)
+    ours.parse_uri(uri)
+    assert (ours.scheme, ours.s3serviceurl, ours.bucket, ours.key) == (
+        theirs.scheme, theirs.s3serviceurl, theirs.bucket, theirs.key)
+    assert ours.get_uri() == theirs.get_uri() == uri
+
+
+def test_locations_from_specs_match_glance_store():
+    for host in ("127.0.0.1:9", "http://127.0.0.1:9", "https://s3.example/"):
+        specs = {"scheme": "s3", "bucket": "b", "key": "k", "s3serviceurl": host}
+        assert (s3.StoreLocation(specs, None).get_uri()
+                == glance_s3.StoreLocation(specs, None).get_uri())
+
+
+def test_aws_region_derivation_matches_glance_store():
+    for host in ("s3-eu-west-1.amazonaws.com", "https://s3-us-west-2.amazonaws.com:443/",
+                 "s3-cn-north-1.amazonaws.com.cn", "s3.amazonaws.com", "127.0.0.1:7480",
+                 "http://rgw.example"):
+        assert s3.get_s3_location(host) == glance_s3.get_s3_location(host), host
+
+
+# ---------------------------------------------------------------- metadata
+
+def test_image_metadata_sidecar(cloud):
+    store = cloud.store
+    add(cloud, "m", io.BytesIO(SMALL), len(SMALL))
+    loc = store.location_for("m")
+    store.set_image_meta(loc, {"mtime": driver.format_mtime_ns(1_700_000_000_123_456_789),
+                               "note": "a"})
+    store.set_image_meta(loc, {"note": "b", "other": "c"})          # merged
+    meta = store.get_image_meta(loc)
+    assert meta["mtime"] == "1700000000.123456789"
+    assert (meta["note"], meta["other"]) == ("b", "c")
+    assert meta["checksum"] == hashlib.md5(SMALL).hexdigest()
+    assert head(cloud, s3.META_PREFIX + "m")["ContentLength"] > 0
+    assert [i.id for i in store.list_images()] == ["m"]             # the sidecar is no image
+    with pytest.raises(exceptions.Invalid):
+        store.set_image_meta(loc, {"n": 1})
+    store.delete(loc)
+    assert head(cloud, s3.META_PREFIX + "m") is None
+
+
+def test_stale_sidecar_is_ignored(cloud):
+    """glance_store deletes an image (the sidecar stays) and adds a new one of
+    the same id: the old checksums must not be served for the new image."""
+    store = cloud.store
+    add(cloud, "again", io.BytesIO(b"old contents"), 0)
+    loc = store.location_for("again")
+    store.set_image_meta(loc, {"mtime": "1500000000.000000000"})
+    cloud.client.delete_object(Bucket=cloud.bucket, Key="again")          # as glance_store
+    time.sleep(1.1)
+    cloud.client.put_object(Bucket=cloud.bucket, Key="again", Body=b"old contents")
+    meta = store.get_image_meta(loc)
+    assert list(meta) == ["mtime"] and meta["mtime"] != "1500000000.000000000"
+    store.set_image_meta(loc, {"note": "new"})          # starts afresh too
+    assert set(store.get_image_meta(loc)) == {"mtime", "note"}
+    assert not any(k.startswith("_") for k in store.get_image_meta(loc))
+
+
+def test_metadata_of_an_image_written_by_glance_store(cloud):
+    # an object without a sidecar (as glance_store writes them): only the mtime
+    cloud.client.put_object(Bucket=cloud.bucket, Key="glance", Body=b"x")
+    meta = cloud.store.get_image_meta(cloud.store.location_for("glance"))
+    assert list(meta) == ["mtime"]
+
+
+# ---------------------------------------------------------------- rename
+
+def test_rename(cloud):
+    store = cloud.store
+    add(cloud, "src", io.BytesIO(BIG), 0)
+    loc = store.location_for("src")
+    store.set_image_meta(loc, {"mtime": "1600000000.000000000"})
+    new = store.rename(loc, "dst")
+    assert isinstance(new, location.Location)
+    assert new.get_store_uri() == cloud.prefix + "/dst"
+    assert body(cloud, "dst") == BIG
+    assert head(cloud, "src") is None and head(cloud, s3.META_PREFIX + "src") is None
+    meta = store.get_image_meta(new)
+    assert meta["mtime"] == "1600000000.000000000"
+    assert meta["checksum"] == hashlib.md5(BIG).hexdigest()
+    with pytest.raises(exceptions.NotFound):
+        store.stat_image(loc)
+
+
+def test_rename_keeps_the_mtime(cloud):
+    store = cloud.store
+    add(cloud, "t1", io.BytesIO(SMALL), 0)
+    before = store.stat_image(store.location_for("t1")).mtime_ns
+    time.sleep(1.1)
+    new = store.rename(store.location_for("t1"), "t2")
+    assert driver.parse_mtime_ns(store.get_image_meta(new)["mtime"]) == before
+
+
+def test_rename_onto_existing(cloud):
+    store = cloud.store
+    add(cloud, "a", io.BytesIO(b"aaa"), 3)
+    add(cloud, "b", io.BytesIO(b"bbb"), 3)
+    with pytest.raises(exceptions.Duplicate):
+        store.rename(store.location_for("a"), "b")
+    assert body(cloud, "a") == b"aaa" and body(cloud, "b") == b"bbb"
+    store.rename(store.location_for("a"), "b", replace=True)
+    assert body(cloud, "b") == b"aaa" and head(cloud, "a") is None
+    assert store.get_image_meta(store.location_for("b"))["checksum"] == hashlib.md5(
+        b"aaa").hexdigest()
+    with pytest.raises(exceptions.Invalid):
+        store.rename(store.location_for("b"), "x/y")
+
+
+def test_rename_multipart_copy(cloud):
+    """Objects above MULTIPART_COPY_THRESHOLD (5 GiB) are copied with
+    UploadPartCopy; lowered on this instance to exercise it with 12 MiB."""
+    store = cloud.store
+    store.MULTIPART_COPY_THRESHOLD = 8 * MiB
+    store.MULTIPART_COPY_PART_SIZE = 5 * MiB
+    add(cloud, "bigsrc", io.BytesIO(BIG), 0)
+    store.rename(store.location_for("bigsrc"), "bigdst")
+    assert head(cloud, "bigdst")["ETag"].endswith('-3"')
+    assert body(cloud, "bigdst") == BIG
+    assert head(cloud, "bigsrc") is None
+    assert uploads(cloud) == []
+
+
+# ---------------------------------------------------------------- cleanup
+
+def test_cleanup_leftovers(cloud):
+    store = cloud.store
+    dangling = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="dangling")
+    cloud.client.upload_part(Bucket=cloud.bucket, Key="dangling", PartNumber=1,
+                             UploadId=dangling["UploadId"], Body=b"x" * 100)
+    other = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="not/an/image")
+    cloud.client.put_object(Bucket=cloud.bucket, Key=s3.META_PREFIX + "orphan", Body=b"{}")
+    add(cloud, "kept", io.BytesIO(SMALL), 0)
+    done = store.cleanup_leftovers()
+    assert len(done) == 2
+    assert any(dangling["UploadId"] in d and "dangling" in d for d in done)
+    assert any(s3.META_PREFIX + "orphan" in d for d in done)
+    assert [u["Key"] for u in uploads(cloud)] == ["not/an/image"]
+    assert head(cloud, s3.META_PREFIX + "kept") is not None
+    assert store.cleanup_leftovers() == []
+    cloud.client.abort_multipart_upload(Bucket=cloud.bucket, Key="not/an/image",
+                                         UploadId=other["UploadId"])
+
+
+# ---------------------------------------------------------------- buckets, failures
+
+def test_missing_bucket_without_create_on_put(s3conf):
+    name = "gsfs-missing-%s" % uuid.uuid4().hex[:12]
+    conf = s3conf(s3_store_bucket=name)
+    with pytest.raises(exceptions.BackendException) as e:
+        multi_backend.add_with_multihash(conf, "x", io.BytesIO(b"1"), 1, "cloud", "md5")
+    assert str(e.value) == NOT_THERE_MSG % name
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    with pytest.raises(exceptions.BackendException):
+        store.list_images()
+
+
+def test_missing_bucket_created_on_put(ceph, s3conf):
+    name = "gsfs-created-%s" % uuid.uuid4().hex[:12]
+    conf = s3conf(s3_store_bucket=name, s3_store_create_bucket_on_put=True)
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    try:
+        assert store.list_images() == []
+        assert store.cleanup_leftovers() == []
+        multi_backend.add_with_multihash(conf, "x", io.BytesIO(SMALL), 0, "cloud", "md5")
+        assert [i.id for i in store.list_images()] == ["x"]
+    finally:
+        purge_bucket(ceph.s3_client(), name)
+
+
+def test_dead_endpoint_is_remote_service_unavailable(s3conf):
+    conf = s3conf(s3_store_host="http://127.0.0.1:%d" % free_port())
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    calls = [
+        lambda: multi_backend.add_with_multihash(conf, "x", io.BytesIO(b"1"), 1, "cloud", "md5"),
+        lambda: multi_backend.get(store.url_prefix + "/x", "cloud"),
+        lambda: store.list_images(),
+        lambda: store.read(store.location_for("x"), 0, 1),
+    ]
+    for call in calls:
+        start = time.monotonic()
+        with pytest.raises(exceptions.RemoteServiceUnavailable) as e:
+            call()
+        assert time.monotonic() - start < 30
+        assert "127.0.0.1" in str(e.value)
+
+
+def test_wrong_credentials(s3conf, cloud):
+    add(cloud, "secret", io.BytesIO(b"1"), 1)
+    conf = s3conf(s3_store_secret_key="not-the-secret")
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    with pytest.raises(exceptions.StorageWriteDenied) as e:
+        multi_backend.add_with_multihash(conf, "x", io.BytesIO(b"1"), 1, "cloud", "md5")
+    assert cloud.bucket in str(e.value) and "not-the-secret" not in str(e.value)
+    with pytest.raises(exceptions.Forbidden) as e:
+        store.read(store.location_for("secret"), 0, 1)
+    assert "not-the-secret" not in str(e.value)
+
+
+def test_virtual_addressing_needs_a_dns_bucket_name(s3conf):
+    s3conf(s3_store_bucket="Not_DNS", s3_store_bucket_url_format="virtual")
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    with pytest.raises(exceptions.BadStoreConfiguration):
+        store.stat_image(store.location_for("x"))
+
+
+def test_radosgw_down_during_upload_then_cleanup(ceph, cloud):
+    """radosgw dies mid-upload: RemoteServiceUnavailable; the abort cannot
+    reach it, so cleanup_leftovers() removes the upload once it is back."""
+    def source():
+        yield from chunks_of(BIG)
+        ceph.stop_rgw()
+        yield from chunks_of(BIG)
+
+    try:
+        with pytest.raises(exceptions.RemoteServiceUnavailable):
+            add(cloud, "interrupted", source(), 0)
+    finally:
+        ceph.start_rgw()
+    pending = [u["Key"] for u in uploads(cloud)]
+    if pending:                    # the abort could not be sent while it was down
+        assert pending == ["interrupted"]
+    cloud.store.cleanup_leftovers()
+    assert uploads(cloud) == []
+    assert head(cloud, "interrupted") is None
+
+
+# ---------------------------------------------------------------- pure units
+
+@pytest.mark.parametrize("base_mib", [5, 10, 16, 64, 100])
+def test_unknown_size_parts_reach_5_tib(base_mib):
+    base = base_mib * MiB
+    interval = s3.growth_interval(base, s3.Store.GROWTH_INTERVALS)
+    assert s3.unknown_size_capacity(base, interval) >= 5 * 1024**4
+    sizes = [min(s3.MAX_PART_SIZE, base << ((n - 1) // interval)) for n in range(1, 10001)]
+    assert sizes == sorted(sizes) and sizes[0] == base and max(sizes) <= 5 * 1024**3
+    # 2 GiB never leaves the first part size
+    assert sum(sizes[:interval]) >= 2 * 1024**3
+
+
+def test_part_buffers_block_when_all_in_use():
+    pool = s3._PartBuffers(2)
+    a, b = pool.take(10), pool.take(10)
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.take(10)))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive() and not got           # blocked: both buffers in use
+    pool.give(a)
+    t.join(5)
+    assert got and got[0] is a                # the same memory is reused
+    pool.give(b)
+
+
+def _client_error(code, status):
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "msg"},
+         "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@pytest.mark.parametrize("exc,write,expected", [
+    (_client_error("NoSuchKey", 404), False, exceptions.NotFound),
+    (_client_error("404", 404), False, exceptions.NotFound),
+    (_client_error("AccessDenied", 403), False, exceptions.Forbidden),
+    (_client_error("AccessDenied", 403), True, exceptions.StorageWriteDenied),
+    (_client_error("QuotaExceeded", 403), True, exceptions.StorageFull),
+    (_client_error("EntityTooLarge", 400), True, exceptions.StorageFull),
+    (_client_error("InsufficientStorage", 507), True, exceptions.StorageFull),
+    (_client_error("SlowDown", 503), False, exceptions.RemoteServiceUnavailable),
+    (_client_error("NoSuchUpload", 404), True, exceptions.BackendException),
+    (_client_error("InternalError", 500), False, exceptions.BackendException),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="http://h"), False,
+     exceptions.RemoteServiceUnavailable),
+    (botocore.exceptions.ConnectionClosedError(endpoint_url="http://h"), False,
+     exceptions.RemoteServiceUnavailable),
+    (botocore.exceptions.ReadTimeoutError(endpoint_url="http://h"), False,
+     exceptions.RemoteServiceUnavailable),
+    (botocore.exceptions.InvalidDNSNameError(bucket_name="B_"), False,
+     exceptions.BadStoreConfiguration),
+    (botocore.exceptions.NoCredentialsError(), False, exceptions.BadStoreConfiguration),
+])
+def test_error_mapping(exc, write, expected):
+    mapped = s3._s3_error(exc, "get", "bkt", "key1", write=write)
+    assert type(mapped) is expected
+    if expected is exceptions.NotFound:
+        assert str(mapped) == "Image key1 not found"
+    else:
+        assert "bkt" in str(mapped)
+    assert s3._s3_error(ValueError("x"), "get", "bkt", "key1") is None

@@ -1,0 +1,250 @@
+"""The ``gsfs`` command: mount, umount, status, --version.
+
+    gsfs mount [--config-file F]... [--config-dir D] MOUNTPOINT [-o OPTS] [-f] [--debug]
+    gsfs umount MOUNTPOINT
+    gsfs status MOUNTPOINT [--json]
+"""
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import gsfs
+
+LOG = logging.getLogger("gsfs")
+
+
+def _setup_logging(debug, foreground, log_file=None):
+    try:
+        from gsfs import logsetup
+    except ImportError:  # pragma: no cover - logsetup ships with the package
+        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                            filename=log_file,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    logsetup.setup_logging(debug=debug, foreground=foreground, log_file=log_file)
+
+
+def default_log_file():
+    if os.geteuid() == 0:
+        return "/var/log/gsfs.log"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "gsfs", "gsfs.log")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="gsfs", description=gsfs.__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version="gsfs %s" % gsfs.__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount the stores of a glance-api.conf (or the default)")
+    m.add_argument("mountpoint")
+    m.add_argument("--config-file", action="append", default=[], metavar="PATH",
+                   help="a glance-api.conf-style file (repeatable); none: embedded default")
+    m.add_argument("--config-dir", metavar="DIR", help="read every *.conf in DIR too")
+    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="comma-separated mount options (see docs/SEMANTICS.md)")
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground (systemd Type=notify uses this)")
+    m.add_argument("--debug", action="store_true", help="per-request traces in the log")
+    m.add_argument("--log-file", metavar="PATH",
+                   help="log file when in the background (default %s)" % default_log_file())
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="wait for uploads, unmount, wait for the daemon")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=3600,
+                   help="seconds to wait for uploads and the daemon (default 3600)")
+
+    s = sub.add_parser("status", help="stores, uploads, downloads and counters of a mount")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if args.command == "mount":
+        return cmd_mount(args)
+    if args.command == "umount":
+        return cmd_umount(args)
+    return cmd_status(args)
+
+
+def cmd_mount(args):
+    debug = args.debug or any("debug" in o.split(",") for o in args.options)
+    if args.foreground:
+        _setup_logging(debug, foreground=True, log_file=args.log_file)
+        from gsfs.fs import daemon
+        try:
+            return daemon.mount(args.mountpoint, args.config_file, args.config_dir,
+                                args.options, ready_fd=args.ready_fd)
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                LOG.error(e.code.replace("gsfs: ", ""))
+                print(e.code, file=sys.stderr)
+                return 1
+            raise
+        except RuntimeError as e:  # pyfuse3.init failures: mountpoint busy, no /dev/fuse
+            LOG.error("Cannot mount %s: %s", args.mountpoint, e)
+            print("gsfs: cannot mount %s: %s" % (args.mountpoint, e), file=sys.stderr)
+            return 1
+    return _mount_in_background(args)
+
+
+def _mount_in_background(args):
+    """Start the daemon (this command with -f), return once the mount answers."""
+    log_file = args.log_file or default_log_file()
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "gsfs.cli", "mount", args.mountpoint, "-f",
+           "--ready-fd", str(write_fd), "--log-file", log_file]
+    for path in args.config_file:
+        cmd += ["--config-file", os.path.abspath(path)]
+    if args.config_dir:
+        cmd += ["--config-dir", os.path.abspath(args.config_dir)]
+    for opt in args.options:
+        cmd += ["-o", opt]
+    if args.debug:
+        cmd.append("--debug")
+    with open(os.devnull, "rb") as devnull, open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
+                                pass_fds=(write_fd,), start_new_session=True)
+    os.close(write_fd)
+    ready = _wait_ready(read_fd, proc)
+    os.close(read_fd)
+    mountpoint = os.path.abspath(args.mountpoint)
+    if not ready:
+        if proc.poll() is None:
+            proc.terminate()
+        print("gsfs: mounting %s failed; the log %s says why:" % (mountpoint, log_file),
+              file=sys.stderr)
+        _print_tail(log_file)
+        return 1
+    stores = sorted(os.listdir(mountpoint))
+    print("gsfs: mounted %s at %s (pid %d, log %s)" % (
+        ", ".join(stores), mountpoint, proc.pid, log_file))
+    return 0
+
+
+def _wait_ready(read_fd, proc, timeout=120):
+    """Wait for the daemon's READY line, or its death."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    os.set_blocking(read_fd, False)
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(read_fd, 64)
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            buf += chunk
+            if b"READY" in buf:
+                return True
+        elif chunk == b"":
+            return False   # the daemon closed the pipe without READY: it failed
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _print_tail(path, lines=15):
+    try:
+        with open(path, errors="replace") as f:
+            for line in f.readlines()[-lines:]:
+                print("  " + line.rstrip(), file=sys.stderr)
+    except OSError:
+        pass
+
+
+def _daemon_pid(mountpoint):
+    try:
+        return int(os.getxattr(mountpoint, "user.gsfs.pid"))
+    except OSError as e:
+        raise SystemExit("gsfs: %s is not a gsfs mount (%s)" % (mountpoint, e.strerror)) from e
+
+
+def cmd_umount(args):
+    mountpoint = os.path.abspath(args.mountpoint)
+    pid = _daemon_pid(mountpoint)
+    status = json.loads(os.getxattr(mountpoint, "user.gsfs.status"))
+    pending = len(status["uploads"]) + len(status["pending_spooled"])
+    if pending:
+        print("gsfs: waiting for %d upload(s) to finish" % pending, file=sys.stderr)
+    os.setxattr(mountpoint, "user.gsfs.control", b"sync")
+    result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if result.returncode != 0:
+        print("gsfs: cannot unmount %s: %s" % (mountpoint, result.stderr.strip()),
+              file=sys.stderr)
+        if "busy" in result.stderr.lower():
+            print("gsfs: files are still open there; `fuser -vm %s` lists who holds them"
+                  % mountpoint, file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return 0
+        time.sleep(0.1)
+    print("gsfs: unmounted, but the daemon (pid %d) is still running" % pid, file=sys.stderr)
+    return 1
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
+    except OSError:
+        return False
+    return True
+
+
+def cmd_status(args):
+    mountpoint = os.path.abspath(args.mountpoint)
+    _daemon_pid(mountpoint)
+    status = json.loads(os.getxattr(mountpoint, "user.gsfs.status"))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print("gsfs at %s: pid %d, up %.0f s, spool %s" % (
+        status["mountpoint"], status["pid"], status["uptime_s"], _size(status["spool_used_bytes"])))
+    print("%-24s %-5s %-3s %12s %12s %7s" % ("STORE", "TYPE", "RO", "IN", "OUT", "ERRORS"))
+    for s in status["stores"]:
+        c = s["counters"]
+        print("%-24s %-5s %-3s %12s %12s %7d" % (
+            s["id"], s["type"], "ro" if s["read_only"] else "rw", _size(c.get("bytes_in", 0)),
+            _size(c.get("bytes_out", 0)), c.get("errors", 0)))
+    for u in status["uploads"]:
+        left = ""
+        if u["kind"] == "spool" and u["rate_bytes_per_s"]:
+            left = ", %.0f s left" % ((u["bytes"] - u["uploaded"]) / u["rate_bytes_per_s"])
+        print("upload   %s: %s sent, %s/s, %.0f s%s" % (
+            u["path"], _size(u["uploaded"]), _size(u["rate_bytes_per_s"]), u["seconds"], left))
+    for u in status["pending_spooled"]:
+        print("spooled  %s: %s waiting for upload" % (u["path"], _size(u["bytes"])))
+    for d in status["downloads"]:
+        print("download %s: %s of %s" % (d["path"], _size(d["bytes"]), _size(d["size"])))
+    return 0
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+def mount_helper(argv=None):
+    """``mount.fuse.gsfs``: mount(8)'s calling convention → gsfs mount."""
+    from gsfs import mount_helper as helper
+    return helper.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

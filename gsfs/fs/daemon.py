@@ -1,0 +1,289 @@
+"""Mount plumbing: configuration, stores, pyfuse3 session, signals, shutdown.
+
+Life of a mount (``gsfs mount -f``):
+  1. load the configuration (a glance-api.conf or the embedded default),
+     create the stores, clean what a crashed run left (temp files, unfinished
+     multipart uploads, half-written rbd images, spool files);
+  2. pyfuse3.init (with auto_unmount, so a killed daemon leaves no dead mount);
+  3. serve; once the mount answers a stat, report readiness (READY=1 to
+     systemd, a line on --ready-fd for the backgrounding parent);
+  4. SIGTERM/SIGINT: refuse new writers, let in-flight uploads finish for
+     shutdown_timeout seconds, abort the rest (nothing is left behind),
+     unmount, exit 0. SIGUSR1 logs every task's stack.
+  5. unmounted from outside (gsfs umount / fusermount3 -u): upload what is
+     still spooled, then exit.
+"""
+
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import traceback
+
+import pyfuse3
+import trio
+from oslo_config import cfg
+
+from gsfs import config, multi_backend, notify
+from gsfs.fs import settings as settings_mod
+from gsfs.fs.operations import Operations
+
+LOG = logging.getLogger("gsfs")
+
+RESERVED_STORES = {"os_glance_staging_store": "file", "os_glance_tasks_store": "file"}
+
+# -o options that configure gsfs (the [gsfs] group); the rest go to FUSE
+FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "auto_unmount",
+                    "nosuid", "nodev", "noexec", "noatime", "dirsync", "sync", "async"}
+
+
+def split_options(option_strings):
+    """``-o a,b=c`` → ({gsfs option: value}, {fuse option strings}, [config files], dir)."""
+    gsfs_opts, fuse_opts, files, config_dir = {}, set(), [], None
+    names = {opt.dest for opt in settings_mod.OPTS}
+    for text in option_strings or []:
+        for item in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = item.partition("=")
+            key = settings_mod.ALIASES.get(key, key)
+            if key == "config_file":
+                files.append(value)
+            elif key == "config_dir":
+                config_dir = value
+            elif key == "debug":
+                gsfs_opts["debug"] = True
+            elif key == "rw":
+                continue
+            elif key in names:
+                gsfs_opts[key] = value if sep else True
+            elif key in FUSE_PASSTHROUGH or key.startswith(("context=", "fscontext=")):
+                fuse_opts.add(item)
+            else:
+                raise SystemExit("gsfs: unknown mount option %r (see gsfs mount --help)" % item)
+    return gsfs_opts, fuse_opts, files, config_dir
+
+
+def load_config(config_files, config_dir, gsfs_opts):
+    """Fill the global CONF the way Glance does, or with the embedded default."""
+    conf = config.CONF
+    config.ensure_enabled_backends_opt(conf)
+    settings_mod.register(conf)
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise SystemExit("gsfs: config file %s does not exist" % path)
+    conf(args=[], project="gsfs", default_config_files=list(config_files),
+         default_config_dirs=[config_dir] if config_dir else [])
+    embedded = not config_files and not config_dir
+    if embedded:
+        datadir = settings_mod.default_data_dir()
+        conf.set_override("enabled_backends", {"images": "file"})
+    for key, value in gsfs_opts.items():
+        if key != "debug":
+            conf.set_override(key, value, group=settings_mod.GROUP)
+    reserved = RESERVED_STORES if conf.gsfs.show_reserved else None
+    multi_backend.register_store_opts(conf, reserved_stores=reserved)
+    if embedded:
+        conf.set_override("default_backend", "images", group="glance_store")
+        conf.set_override("filesystem_store_datadir", datadir, group="images")
+        conf.set_override("store_description", "gsfs default file store", group="images")
+    if not conf.enabled_backends:
+        raise SystemExit("gsfs: no stores: set [DEFAULT] enabled_backends in the config file")
+    return conf, reserved, embedded
+
+
+def register_secrets(conf):
+    """Tell the log filter every secret the configuration holds."""
+    try:
+        from gsfs import logsetup
+    except ImportError:
+        return
+    for store_id in (conf.enabled_backends or {}):
+        group = getattr(conf, store_id, None)
+        for name in ("s3_store_access_key", "s3_store_secret_key"):
+            try:
+                value = getattr(group, name)
+            except (cfg.NoSuchOptError, AttributeError):
+                continue
+            if value:
+                logsetup.register_secret(value)
+
+
+def clean_leftovers(ops):
+    """Remove what a crashed run left behind, and log it."""
+    for store_id, store in sorted(multi_backend.stores().items()):
+        try:
+            for line in store.cleanup_leftovers():
+                LOG.warning("Cleaned a leftover of an earlier run: %s", line)
+        except Exception as e:  # a store that cannot be reached is reported, not fatal
+            LOG.error("Could not check store %s for leftovers: %s", store_id, e)
+    spool_dir = ops.settings.spool_dir
+    try:
+        names = os.listdir(spool_dir)
+    except OSError:
+        return
+    for name in names:
+        pid = name.split(".", 1)[0]
+        if name.endswith(".spool") and pid.isdigit() and not _alive(int(pid)):
+            path = os.path.join(spool_dir, name)
+            LOG.warning("Removed the spool file %s of a gsfs process (pid %s) that is gone; "
+                        "its image was never committed", path, pid)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dump_stacks():
+    """SIGUSR1: every trio task's stack, then every thread's."""
+    lines = ["gsfs task dump:"]
+
+    def walk(task, depth):
+        lines.append("%stask %s" % ("  " * depth, task.name))
+        frame_stack = []
+        coro = task.coro
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            frame_stack.append(frame)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        for frame in frame_stack:
+            for entry in traceback.format_stack(frame, limit=1):
+                lines.append("  " * (depth + 1) + entry.strip().replace("\n", " | "))
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child, depth + 1)
+
+    walk(trio.lowlevel.current_root_task(), 0)
+    LOG.warning("\n".join(lines))
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+
+async def _shutdown(ops, reason):
+    """Stop new writers, give in-flight uploads shutdown_timeout, abort the rest."""
+    if not ops.accepting_writes:
+        return
+    ops.accepting_writes = False
+    notify.sd_notify("STOPPING=1")
+    LOG.info("%s: no new writers; waiting up to %.0f s for %d upload(s)", reason,
+             ops.settings.shutdown_timeout, len(ops.uploads) + len(ops.spools))
+    with trio.move_on_after(ops.settings.shutdown_timeout):
+        while ops.uploads or ops.spools:
+            await ops.sync_all()
+            if ops.uploads or ops.spools:
+                await trio.sleep(0.2)
+    for session in list(ops.uploads) + list(ops.spools):
+        LOG.warning("Aborting the upload of %s at shutdown (nothing is committed)",
+                    session.image.path)
+        await session.abort("gsfs stopped")
+
+
+async def _signals(ops):
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                dump_stacks()
+                continue
+            await _shutdown(ops, signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _report_ready(mountpoint, ready_fd):
+    # the first request the mount answers: it is ready (never stat it before
+    # pyfuse3.main runs: nobody would answer)
+    await trio.to_thread.run_sync(_raise_readahead, mountpoint)
+    LOG.info("gsfs mounted at %s (pid %d)", mountpoint, os.getpid())
+    notify.sd_notify("READY=1\nSTATUS=Mounted at %s" % mountpoint)
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+        except OSError:
+            pass
+
+
+async def _serve(ops, mountpoint, ready_fd):
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        nursery.start_soon(_signals, ops)
+        nursery.start_soon(_report_ready, mountpoint, ready_fd)
+        nursery.start_soon(_write_metrics, ops)
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+        # unmounted from outside, or terminate() after a signal
+        await _shutdown(ops, "unmounted")
+        nursery.cancel_scope.cancel()
+
+
+async def _write_metrics(ops):
+    path = ops.settings.metrics_file
+    if not path:
+        return
+    from gsfs.fs import metrics
+    while True:
+        text = metrics.render(ops.status())
+        tmp = "%s.tmp" % path
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError as e:
+            LOG.warning("Cannot write metrics to %s: %s", path, e)
+        await trio.sleep(5)
+
+
+def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=None):
+    """Mount and serve until unmounted or signalled. Returns the exit code."""
+    mountpoint = os.path.abspath(mountpoint)
+    gsfs_opts, fuse_opts, more_files, more_dir = split_options(options)
+    conf, _reserved, embedded = load_config(list(config_files) + more_files,
+                                            config_dir or more_dir, gsfs_opts)
+    register_secrets(conf)
+    count = multi_backend.create_multi_stores(conf, reserved_stores=_reserved)
+    if not multi_backend.stores():
+        raise SystemExit("gsfs: none of the configured stores could be loaded (see the log)")
+    LOG.info("Loaded %d store(s) (%d scheme registrations): %s", len(multi_backend.stores()),
+             count, ", ".join(sorted(multi_backend.stores())))
+    if embedded:
+        LOG.info("No config file: using the embedded default store 'images' in %s",
+                 settings_mod.default_data_dir())
+    settings = settings_mod.Settings(conf)
+    ops = Operations(settings)
+    ops.mountpoint = mountpoint
+    clean_leftovers(ops)
+    if not os.path.isdir(mountpoint):
+        raise SystemExit("gsfs: mountpoint %s is not a directory" % mountpoint)
+    fuse_options = set(pyfuse3.default_options)
+    fuse_options |= {"fsname=gsfs", "subtype=gsfs", "auto_unmount"} | fuse_opts
+    if settings.read_only:
+        fuse_options.add("ro")
+    pyfuse3.init(ops, mountpoint, fuse_options)
+    ok = False
+    try:
+        trio.run(_serve, ops, mountpoint, ready_fd)
+        ok = True
+    finally:
+        pyfuse3.close(unmount=ok)
+    LOG.info("gsfs at %s stopped", mountpoint)
+    return 0
+
+
+def _raise_readahead(mountpoint):
+    """1 MiB kernel readahead instead of 128 KiB (needs root; best effort)."""
+    dev = os.stat(mountpoint).st_dev
+    try:
+        path = "/sys/class/bdi/%d:%d/read_ahead_kb" % (os.major(dev), os.minor(dev))
+        with open(path, "w") as f:
+            f.write("1024")
+    except OSError:
+        pass

@@ -1,0 +1,94 @@
+"""Mount settings: the ``[gsfs]`` config group, overridable with ``-o``.
+
+Every knob is here with its default; ``gsfs mount -o name=value`` overrides it.
+"""
+
+import os
+
+from oslo_config import cfg
+
+GROUP = "gsfs"
+
+OPTS = [
+    cfg.BoolOpt("read_only", default=False, help="Mount read-only (-o ro)."),
+    cfg.BoolOpt("allow_replace", default=False,
+                help="Let O_TRUNC and rename replace an existing image, atomically."),
+    cfg.BoolOpt("show_reserved", default=False,
+                help="Show Glance's reserved stores (os_glance_*) as directories."),
+    cfg.StrOpt("spool_dir", default=None,
+               help="Directory for spool files of random-access writers "
+                    "(default: <cache dir>/spool)."),
+    cfg.IntOpt("spool_max_mib", default=65536, min=0,
+               help="Total MiB the spool may hold; 0 disables spooling."),
+    cfg.FloatOpt("spool_commit_delay", default=2.0, min=0,
+                 help="Seconds a spooled image waits after its last close before it is "
+                      "uploaded, so a writer that reopens it (qemu-img) keeps writing."),
+    cfg.IntOpt("upload_queue_mib", default=8, min=1,
+               help="MiB of written data queued per open file before write() waits."),
+    cfg.IntOpt("readahead_mib", default=8, min=0,
+               help="MiB read ahead per open file on sequential reads."),
+    cfg.FloatOpt("cache_ttl", default=5.0, min=0,
+                 help="Seconds a store listing and image attributes are cached."),
+    cfg.IntOpt("worker_threads", default=16, min=1,
+               help="Threads for short blocking backend calls (stat, list, read, delete)."),
+    cfg.IntOpt("max_uploads", default=8, min=1,
+               help="Uploads running at once; further creates wait for a slot."),
+    cfg.FloatOpt("shutdown_timeout", default=600.0, min=0,
+                 help="Seconds SIGTERM waits for in-flight uploads before aborting them."),
+    cfg.IntOpt("uid", default=None, help="Owner of every file (default: the mounting user)."),
+    cfg.IntOpt("gid", default=None, help="Group of every file (default: the mounting group)."),
+    cfg.StrOpt("file_mode", default="0644", help="Mode of image files (octal)."),
+    cfg.StrOpt("dir_mode", default="0755", help="Mode of directories (octal)."),
+    cfg.StrOpt("hash_algo", default="sha512", help="os_hash_algo of images written."),
+    cfg.StrOpt("metrics_file", default=None,
+               help="Write Prometheus text metrics to this file every few seconds."),
+]
+
+# -o name → option name, for the -o spellings that differ
+ALIASES = {"ro": "read_only", "spool_max": "spool_max_mib"}
+
+
+def register(conf):
+    try:
+        conf.register_opts(OPTS, group=GROUP)
+    except cfg.DuplicateOptError:
+        pass
+
+
+def default_data_dir():
+    if os.geteuid() == 0:
+        return "/var/lib/gsfs/images"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "gsfs", "images")
+
+
+def default_cache_dir():
+    if os.geteuid() == 0:
+        return "/var/cache/gsfs"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "gsfs")
+
+
+class Settings:
+    """The resolved settings of one mount."""
+
+    def __init__(self, conf):
+        g = getattr(conf, GROUP)
+        self.read_only = g.read_only
+        self.allow_replace = g.allow_replace
+        self.show_reserved = g.show_reserved
+        self.spool_dir = g.spool_dir or os.path.join(default_cache_dir(), "spool")
+        self.spool_max = g.spool_max_mib * 1024 * 1024
+        self.spool_commit_delay = g.spool_commit_delay
+        self.upload_queue = g.upload_queue_mib * 1024 * 1024
+        self.readahead = g.readahead_mib * 1024 * 1024
+        self.cache_ttl = g.cache_ttl
+        self.worker_threads = g.worker_threads
+        self.max_uploads = g.max_uploads
+        self.shutdown_timeout = g.shutdown_timeout
+        self.uid = os.getuid() if g.uid is None else g.uid
+        self.gid = os.getgid() if g.gid is None else g.gid
+        self.file_mode = int(g.file_mode, 8)
+        self.dir_mode = int(g.dir_mode, 8)
+        self.hash_algo = g.hash_algo
+        self.metrics_file = g.metrics_file

@@ -1,0 +1,139 @@
+"""Extended attributes: Glance's image fields, the stores' properties, control.
+
+On an image (read-only, except the expected checksums on a file being written):
+    user.glance.checksum        md5 hex (Glance's ``checksum``)
+    user.glance.os_hash_algo    e.g. sha512
+    user.glance.os_hash_value   the multihash hex
+    user.glance.size            bytes
+    user.glance.store           the store identifier
+    user.glance.location        the location URI (never with credentials)
+On a store directory: user.glance.store_type, user.glance.store_description,
+user.glance.weight, user.gsfs.read_only.
+On the root: user.glance.default_backend, and the control channel
+user.gsfs.status (JSON), user.gsfs.pid, user.gsfs.control (setxattr: "sync").
+
+security.* and system.* are answered at once without any I/O: the kernel asks
+for security.capability before every write(2) once getxattr exists.
+"""
+
+import errno
+import json
+import logging
+import os
+
+import pyfuse3
+
+from gsfs import config
+from gsfs.fs import errors
+from gsfs.fs.namespace import Image, StoreDir
+from gsfs.fs.write_session import _safe_uri
+
+LOG = logging.getLogger("gsfs.fs")
+
+CHECKSUM = "user.glance.checksum"
+HASH_ALGO = "user.glance.os_hash_algo"
+HASH_VALUE = "user.glance.os_hash_value"
+SIZE = "user.glance.size"
+STORE = "user.glance.store"
+LOCATION = "user.glance.location"
+IMAGE_NAMES = (CHECKSUM, HASH_ALGO, HASH_VALUE, SIZE, STORE, LOCATION)
+# accepted and ignored on a file being written, so cp -a / mv of an image exit 0
+INFORMATIONAL = (HASH_ALGO, SIZE, STORE, LOCATION)
+EXPECTED = {CHECKSUM: "checksum", HASH_VALUE: "os_hash_value"}
+
+DIR_NAMES = ("user.glance.store_type", "user.glance.store_description",
+             "user.glance.weight", "user.gsfs.read_only")
+ROOT_NAMES = ("user.glance.default_backend", "user.gsfs.status", "user.gsfs.pid")
+CONTROL = "user.gsfs.control"
+
+
+def is_fast_refusal(name):
+    """security.* / system.*: ENODATA at once (no I/O, no await)."""
+    return name.startswith(b"security.") or name.startswith(b"system.")
+
+
+def names(node):
+    if node is None:
+        return ROOT_NAMES
+    if isinstance(node, StoreDir):
+        return DIR_NAMES
+    return IMAGE_NAMES
+
+
+async def get(fs, node, name):
+    """The value of xattr ``name`` (str) of ``node`` (None = root)."""
+    if node is None:
+        return _root_value(fs, name)
+    if isinstance(node, StoreDir):
+        return _dir_value(node, name)
+    return await _image_value(fs, node, name)
+
+
+def _root_value(fs, name):
+    if name == "user.glance.default_backend":
+        return config.CONF.glance_store.default_backend or ""
+    if name == "user.gsfs.status":
+        return json.dumps(fs.status(), sort_keys=True)
+    if name == "user.gsfs.pid":
+        return str(os.getpid())
+    raise pyfuse3.FUSEError(errno.ENODATA)
+
+
+def _dir_value(d, name):
+    store = d.store
+    if name == "user.glance.store_type":
+        return store.STORE_TYPE
+    if name == "user.glance.store_description":
+        return store.description or ""
+    if name == "user.glance.weight":
+        return str(store.weight)
+    if name == "user.gsfs.read_only":
+        return "1" if d.read_only else "0"
+    raise pyfuse3.FUSEError(errno.ENODATA)
+
+
+async def _image_value(fs, image, name):
+    if name == SIZE:
+        return str(image.session.size if image.session else image.size)
+    if name == STORE:
+        return image.store_dir.store_id
+    if name == LOCATION:
+        if image.pending:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        uri = image.store_dir.store.location_for(image.name).get_store_uri()
+        return _safe_uri(uri)
+    key = {CHECKSUM: "checksum", HASH_ALGO: "os_hash_algo", HASH_VALUE: "os_hash_value"}.get(name)
+    if key is None:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+    meta = await fs.checksums(image)
+    value = meta.get(key)
+    if not value:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+    return value
+
+
+def set_on_image(image, name, value):
+    """setxattr on an image. Expected checksums are recorded on a file being
+    written and checked before commit; informational names are accepted and
+    ignored; anything else is refused with ENOTSUP."""
+    if name in EXPECTED:
+        key = EXPECTED[name]
+        want = value.strip().lower()
+        if image.session is not None:
+            image.session.guard.expected[key] = want
+            return
+        current = (image.meta or {}).get(key)
+        if current == want:
+            return
+        raise errors.refuse(errno.EEXIST if current else errno.EACCES, "setxattr", image.path,
+                            "%s of a committed image cannot change (it is %s)"
+                            % (name, current or "not known yet"), image.store_dir.store_id)
+    if name in INFORMATIONAL:
+        return
+    raise errors.refuse(errno.ENOTSUP, "setxattr", image.path,
+                        "gsfs stores only the user.glance.* checksum attributes",
+                        image.store_dir.store_id, level=logging.DEBUG)
+
+
+def check_node_type(node):
+    return node is None or isinstance(node, (StoreDir, Image))

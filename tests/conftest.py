@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.servers.fixtures", "tests.servers.http_fixtures"]
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.http_fixtures", "tests.servers.mounts"]

@@ -1,5 +1,7 @@
 # gsfs: `make test` is the whole CI (see .ci/run).
-.PHONY: setup test lint
+.PHONY: setup test lint mount
+
+MOUNTPOINT ?= /mnt/gsfs
 
 setup:
 	bash scripts/setup.sh
@@ -9,6 +11,11 @@ test: setup
 	.venv/bin/pytest -q -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): FAILED" >&2; fi; \
 	exit $$rc
+
+# set up, then mount the embedded default (one file store) and print where
+mount: setup
+	mkdir -p $(MOUNTPOINT)
+	.venv/bin/gsfs mount $(MOUNTPOINT)
 
 lint:
 	.venv/bin/ruff check gsfs tests

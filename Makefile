@@ -19,3 +19,5 @@ mount: setup
 
 lint:
 	.venv/bin/ruff check gsfs tests
+
+bench: setup ; .venv/bin/python -m tests.bench.bench_copy $(BENCH_ARGS)

@@ -112,6 +112,7 @@ def _mount_in_background(args):
     if args.debug:
         cmd.append("--debug")
     with open(os.devnull, "rb") as devnull, open(log_file, "ab") as log:
+        log_start = log.seek(0, os.SEEK_END)   # on failure, show this run's lines only
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
                                 pass_fds=(write_fd,), start_new_session=True)
     os.close(write_fd)
@@ -123,7 +124,7 @@ def _mount_in_background(args):
             proc.terminate()
         print("gsfs: mounting %s failed; the log %s says why:" % (mountpoint, log_file),
               file=sys.stderr)
-        _print_tail(log_file)
+        _print_tail(log_file, start=log_start)
         return 1
     stores = sorted(os.listdir(mountpoint))
     print("gsfs: mounted %s at %s (pid %d, log %s)" % (
@@ -153,10 +154,12 @@ def _wait_ready(read_fd, proc, timeout=120):
     return False
 
 
-def _print_tail(path, lines=15):
+def _print_tail(path, lines=15, start=0):
     try:
-        with open(path, errors="replace") as f:
-            for line in f.readlines()[-lines:]:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+            for line in text.splitlines()[-lines:]:
                 print("  " + line.rstrip(), file=sys.stderr)
     except OSError:
         pass

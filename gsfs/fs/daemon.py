@@ -35,7 +35,10 @@ RESERVED_STORES = {"os_glance_staging_store": "file", "os_glance_tasks_store": "
 
 # -o options that configure gsfs (the [gsfs] group); the rest go to FUSE
 FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "auto_unmount",
-                    "nosuid", "nodev", "noexec", "noatime", "dirsync", "sync", "async"}
+                    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime",
+                    "relatime", "norelatime", "strictatime", "lazytime", "dirsync", "sync",
+                    "async"}
+FUSE_PASSTHROUGH_VALUED = {"context", "fscontext", "defcontext", "rootcontext"}
 
 
 def split_options(option_strings):
@@ -56,7 +59,7 @@ def split_options(option_strings):
                 continue
             elif key in names:
                 gsfs_opts[key] = value if sep else True
-            elif key in FUSE_PASSTHROUGH or key.startswith(("context=", "fscontext=")):
+            elif key in FUSE_PASSTHROUGH or (sep and key in FUSE_PASSTHROUGH_VALUED):
                 fuse_opts.add(item)
             else:
                 raise SystemExit("gsfs: unknown mount option %r (see gsfs mount --help)" % item)
@@ -165,7 +168,7 @@ def dump_stacks():
                 walk(child, depth + 1)
 
     walk(trio.lowlevel.current_root_task(), 0)
-    LOG.warning("\n".join(lines))
+    LOG.warning("\n".join(lines), extra={"multiline": True})
     faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
@@ -179,7 +182,10 @@ async def _shutdown(ops, reason):
              ops.settings.shutdown_timeout, len(ops.uploads) + len(ops.spools))
     with trio.move_on_after(ops.settings.shutdown_timeout):
         while ops.uploads or ops.spools:
-            await ops.sync_all()
+            # under systemd, keep the stop job alive while uploads are still moving
+            notify.notify_extend_timeout(30)
+            with trio.move_on_after(5):
+                await ops.sync_all()
             if ops.uploads or ops.spools:
                 await trio.sleep(0.2)
     for session in list(ops.uploads) + list(ops.spools):
@@ -219,10 +225,22 @@ async def _serve(ops, mountpoint, ready_fd):
         nursery.start_soon(_signals, ops)
         nursery.start_soon(_report_ready, mountpoint, ready_fd)
         nursery.start_soon(_write_metrics, ops)
+        nursery.start_soon(_late_cleanup, ops)
         await pyfuse3.main(min_tasks=4, max_tasks=64)
         # unmounted from outside, or terminate() after a signal
         await _shutdown(ops, "unmounted")
         nursery.cancel_scope.cancel()
+
+
+LATE_CLEANUP_DELAY = 90
+
+
+async def _late_cleanup(ops):
+    """Clean leftovers once more after a while: right after a crash, the dead
+    writer's rbd temp image is still watched (locked) for ~30 s by Ceph, so the
+    start-up pass skips it; a restart by systemd comes sooner than that."""
+    await trio.sleep(LATE_CLEANUP_DELAY)
+    await trio.to_thread.run_sync(clean_leftovers, ops, limiter=ops.worker_limiter)
 
 
 async def _write_metrics(ops):

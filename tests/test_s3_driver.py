@@ -9,8 +9,13 @@ Each test gets a fresh bucket (``s3_bucket``); a plain boto3 client
 import concurrent.futures
 import hashlib
 import io
+import json
 import os
+import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,7 +26,7 @@ import pytest
 from glance_store._drivers import s3 as glance_s3
 from oslo_config import cfg
 
-from gsfs import backend, capabilities, driver, exceptions, location, multi_backend
+from gsfs import backend, capabilities, driver, exceptions, journal, location, multi_backend
 from gsfs.drivers import s3
 from tests.servers.ceph import purge_bucket
 from tests.storeconf import ini, load_stores, store_config  # noqa: F401 - the fixture
@@ -50,8 +55,9 @@ def chunks_of(data, size=1 * MiB):
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture
-def s3conf(ceph, s3_bucket, store_config):  # noqa: F811
-    """Loader: configure store ``cloud`` (s3 on radosgw) from a glance-api.conf."""
+def s3conf(ceph, s3_bucket, store_config, tmp_path):  # noqa: F811
+    """Loader: configure store ``cloud`` (s3 on radosgw) from a glance-api.conf
+    (the upload journal in tmp_path)."""
 
     def load(store_id="cloud", defaults=None, **options):
         section = {
@@ -64,6 +70,7 @@ def s3conf(ceph, s3_bucket, store_config):  # noqa: F811
             "s3_store_large_object_size": 5,
             "s3_store_large_object_chunk_size": 5,
             "s3_store_thread_pools": 3,
+            "gsfs_s3_journal_dir": str(tmp_path / "s3-journal"),
         }
         section.update(options)
         sections = {
@@ -111,9 +118,11 @@ def add(cloud, image_id, data, size, algo="sha512"):
 # ---------------------------------------------------------------- options, configuration
 
 def test_options_are_glance_store_s3_options():
-    ours = {o.name: o for o in s3.Store.OPTIONS}
+    ours = {o.name: o for o in s3.Store.OPTIONS if not o.name.startswith("gsfs_")}
     theirs = {o.name: o for o in glance_s3._S3_OPTS}
     assert list(ours) == list(theirs)
+    assert [o.name for o in s3.Store.OPTIONS if o.name.startswith("gsfs_")] == [
+        "gsfs_s3_journal_dir", "gsfs_s3_leftover_age_hours"]
     for name, opt in theirs.items():
         mine = ours[name]
         assert type(mine) is type(opt), name
@@ -675,14 +684,16 @@ def test_rename_multipart_copy(cloud):
 
 # ---------------------------------------------------------------- cleanup
 
-def test_cleanup_leftovers(cloud):
-    store = cloud.store
+def test_cleanup_leftovers(cloud, s3conf):
     dangling = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="dangling")
     cloud.client.upload_part(Bucket=cloud.bucket, Key="dangling", PartNumber=1,
                              UploadId=dangling["UploadId"], Body=b"x" * 100)
     other = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="not/an/image")
     cloud.client.put_object(Bucket=cloud.bucket, Key=s3.META_PREFIX + "orphan", Body=b"{}")
     add(cloud, "kept", io.BytesIO(SMALL), 0)
+    time.sleep(1)           # "dangling" is not journaled: aborted once older than 0.36 s
+    s3conf(gsfs_s3_leftover_age_hours=0.0001)
+    store = multi_backend.get_store_from_store_identifier("cloud")
     done = store.cleanup_leftovers()
     assert len(done) == 2
     assert any(dangling["UploadId"] in d and "dangling" in d for d in done)
@@ -839,3 +850,195 @@ def test_error_mapping(exc, write, expected):
     else:
         assert "bkt" in str(mapped)
     assert s3._s3_error(ValueError("x"), "get", "bkt", "key1") is None
+
+
+# ---------------------------------------------------------------- shared bucket: the journal
+
+# Starts a multipart upload of unknown size on store "cloud" of the config file
+# argv[1], prints "uploading" once the upload exists (6 MiB > one 5 MiB part),
+# then hangs until killed.
+UPLOADER = r"""
+import sys, time
+from oslo_config import cfg
+from gsfs import multi_backend
+cfg.CONF.register_opt(cfg.DictOpt("enabled_backends"))
+cfg.CONF(args=[], default_config_files=[sys.argv[1]])
+multi_backend.register_store_opts(cfg.CONF)
+multi_backend.create_multi_stores(cfg.CONF)
+
+def source():
+    yield b"x" * (6 * 1024 * 1024)
+    print("uploading", flush=True)
+    time.sleep(600)
+    yield b""
+
+multi_backend.add_with_multihash(cfg.CONF, sys.argv[2], source(), 0, "cloud", "md5")
+"""
+
+
+@pytest.fixture
+def uploader():
+    """Start UPLOADER in a real subprocess; every one is killed and reaped afterwards."""
+    started = []
+
+    def start(conf, image_id):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UPLOADER, conf.config_file[0], image_id],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        started.append(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        if line.strip() != "uploading":
+            proc.kill()
+            raise AssertionError("the uploader did not start: %s" % proc.communicate()[1])
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def journal_entries(tmp_path):
+    directory = tmp_path / "s3-journal"
+    if not directory.exists():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(directory.iterdir())]
+
+
+def wait_zombie(pid):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with open("/proc/%d/stat" % pid) as f:
+            if f.read().rpartition(")")[2].split()[0] == "Z":
+                return
+        time.sleep(0.02)
+    raise AssertionError("process %d did not die" % pid)
+
+
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
+def test_cleanup_aborts_the_upload_of_a_killed_process(cloud, s3conf, uploader, tmp_path,
+                                                       reaped):
+    proc = uploader(cloud.conf, "crashed")
+    [upload] = uploads(cloud)
+    [entry] = journal_entries(tmp_path)
+    assert {k: entry[k] for k in ("bucket", "key", "upload_id", "host", "pid")} == {
+        "bucket": cloud.bucket, "key": "crashed", "upload_id": upload["UploadId"],
+        "host": socket.gethostname(), "pid": proc.pid}
+    assert entry["started"]
+    proc.send_signal(signal.SIGKILL)
+    if reaped:
+        proc.wait(timeout=30)
+    else:
+        wait_zombie(proc.pid)                     # killed, not reaped yet: still dead
+    s3conf()                                      # a new store, as after a restart
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    done = store.cleanup_leftovers()
+    assert len(done) == 1, done
+    assert "aborted the unfinished multipart upload %s of s3://%s/crashed" % (
+        upload["UploadId"], cloud.bucket) in done[0]
+    assert "process %d is gone" % proc.pid in done[0]
+    assert uploads(cloud) == []
+    assert journal_entries(tmp_path) == []
+    assert store.cleanup_leftovers() == []
+
+
+def test_cleanup_leaves_the_upload_of_a_live_process(cloud, s3conf, uploader, tmp_path):
+    proc = uploader(cloud.conf, "running")
+    [upload] = uploads(cloud)
+    s3conf(gsfs_s3_leftover_age_hours=0.0001)     # the age is for foreign uploads only
+    time.sleep(1)
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    assert store.cleanup_leftovers() == []
+    assert [u["UploadId"] for u in uploads(cloud)] == [upload["UploadId"]]
+    assert [e["upload_id"] for e in journal_entries(tmp_path)] == [upload["UploadId"]]
+    # once it is killed, the next cleanup takes it
+    proc.kill()
+    proc.wait(timeout=30)
+    assert len(store.cleanup_leftovers()) == 1
+    assert uploads(cloud) == [] and journal_entries(tmp_path) == []
+
+
+def test_cleanup_aborts_foreign_uploads_only_when_old(cloud, s3conf, tmp_path):
+    """An upload without a journal entry (Glance's, another host's): left alone
+    with the default age (24 h) and with age 0 (never); aborted when older."""
+    foreign = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="glances")
+    assert cloud.store.cleanup_leftovers() == []
+    time.sleep(1)
+    s3conf(gsfs_s3_leftover_age_hours=0)
+    assert multi_backend.get_store_from_store_identifier("cloud").cleanup_leftovers() == []
+    assert [u["UploadId"] for u in uploads(cloud)] == [foreign["UploadId"]]
+    s3conf(gsfs_s3_leftover_age_hours=0.0001)     # 0.36 s
+    done = multi_backend.get_store_from_store_identifier("cloud").cleanup_leftovers()
+    assert len(done) == 1
+    assert foreign["UploadId"] in done[0] and "not started by this host" in done[0]
+    assert uploads(cloud) == []
+
+
+def test_cleanup_treats_another_hosts_entry_as_foreign(cloud, s3conf, tmp_path):
+    """A journal entry of another host (a shared journal dir): its pid means
+    nothing here, so only the age counts; an entry whose upload is gone goes."""
+    other = cloud.client.create_multipart_upload(Bucket=cloud.bucket, Key="elsewhere")
+    store = cloud.store
+    endpoint = store._get_client().meta.endpoint_url
+    for upload_id in (other["UploadId"], "no-such-upload"):
+        store.journal.add(store._journal_name(cloud.bucket, "elsewhere", upload_id), {
+            "endpoint": endpoint, "bucket": cloud.bucket, "key": "elsewhere",
+            "upload_id": upload_id, "host": "another-host", "pid": 1 << 30})
+    done = store.cleanup_leftovers()
+    assert len(done) == 1 and "no-such-upload" in done[0] and "no longer exists" in done[0]
+    assert [u["UploadId"] for u in uploads(cloud)] == [other["UploadId"]]
+    time.sleep(1)
+    s3conf(gsfs_s3_leftover_age_hours=0.0001)
+    done = multi_backend.get_store_from_store_identifier("cloud").cleanup_leftovers()
+    assert len(done) == 1 and "not started by this host" in done[0]
+    assert uploads(cloud) == [] and journal_entries(tmp_path) == []
+
+
+def test_journal_entries_end_with_their_upload(cloud, s3conf, tmp_path):
+    """The journal directory is created on demand; completed and failed
+    uploads leave no entry."""
+    deep = tmp_path / "a" / "b" / "journal"
+    conf = s3conf(gsfs_s3_journal_dir=str(deep))
+    assert not deep.exists()
+    multi_backend.add_with_multihash(conf, "done", chunks_of(BIG), 0, "cloud", "md5")
+    assert deep.is_dir() and list(deep.iterdir()) == []
+
+    def failing():
+        yield BIG
+        raise OSError("source gone")
+
+    with pytest.raises(OSError):
+        multi_backend.add_with_multihash(conf, "failed", failing(), 0, "cloud", "md5")
+    assert list(deep.iterdir()) == [] and uploads(cloud) == []
+
+
+def test_default_journal_dir(monkeypatch):
+    opts = {o.name: o for o in s3.OPTIONS}
+    assert opts["gsfs_s3_journal_dir"].default == journal.default_dir("s3-journal")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert journal.default_dir("s3-journal") == "/var/lib/gsfs/s3-journal"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/srv/state")
+    assert journal.default_dir("s3-journal") == "/srv/state/gsfs/s3-journal"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert journal.default_dir("s3-journal") == "/home/u/.local/state/gsfs/s3-journal"
+
+
+def test_process_tag_tells_dead_zombie_and_reused_pids():
+    assert journal.process_alive(os.getpid(), journal.process_tag(os.getpid()))
+    assert not journal.process_alive(os.getpid(), "another-boot:1")    # pid reused
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tag = journal.process_tag(proc.pid)
+        assert tag and journal.process_alive(proc.pid, tag)
+        proc.kill()
+        wait_zombie(proc.pid)
+        assert journal.process_tag(proc.pid) is None
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not journal.process_alive(proc.pid, tag)

@@ -30,6 +30,29 @@ sidecar follows its image on rename and goes away with it on delete. It also
 records which object version it describes (ETag + LastModified), so a sidecar
 left behind by a glance_store delete is ignored, not served as the metadata of
 a new image of the same id; cleanup_leftovers() removes sidecars without image.
+
+Unfinished multipart uploads and the shared bucket
+--------------------------------------------------
+The bucket may be shared with Glance and with gsfs on other hosts, so an
+unfinished upload is not necessarily a leftover. Every multipart upload gsfs
+starts (add, and rename's multipart copy) is recorded in a local journal
+(gsfs/journal.py; one small file per upload in ``gsfs_s3_journal_dir``:
+endpoint, bucket, key, upload id, host, pid, start) that is removed when the
+upload completes or is aborted; an abort that fails marks it abandoned.
+cleanup_leftovers(), for each unfinished upload of an image key in the bucket:
+
+* journaled by this host and its process is gone (exited, a zombie, or its pid
+  now belongs to another process), or the entry is abandoned → aborted, entry
+  removed;
+* journaled by this host and its process runs → left alone;
+* not journaled (Glance's, another host's, or one whose process died between
+  CreateMultipartUpload and the journal write) → aborted only if its Initiated
+  time is more than ``gsfs_s3_leftover_age_hours`` ago (0: never). Set it above
+  the longest upload any client of the bucket may run.
+
+Journal entries of this endpoint and bucket whose upload no longer exists are
+removed (the journal is read before the uploads are listed, so an upload
+started meanwhile is never taken for a vanished one).
 """
 
 import concurrent.futures
@@ -38,9 +61,12 @@ import datetime
 import json
 import logging
 import math
+import os
 import queue
 import re
+import socket
 import threading
+import time
 
 import boto3.session
 import botocore.config
@@ -49,7 +75,7 @@ import botocore.utils
 import urllib3.exceptions
 from oslo_config import cfg
 
-from gsfs import backend, capabilities, driver, exceptions, hashing, location
+from gsfs import backend, capabilities, driver, exceptions, hashing, journal, location
 
 LOG = logging.getLogger(__name__)
 
@@ -107,6 +133,17 @@ OPTIONS = [
     cfg.StrOpt("s3_store_response_checksum_validation", default="when_required",
                choices=_CHECKSUM_CHOICES,
                help="botocore response_checksum_validation (with integrity protection)."),
+    # gsfs options (prefixed so they never clash with glance_store's)
+    cfg.StrOpt("gsfs_s3_journal_dir", default=journal.default_dir("s3-journal"),
+               sample_default="/var/lib/gsfs/s3-journal as root, else "
+                              "$XDG_STATE_HOME/gsfs/s3-journal",
+               help="gsfs: local directory recording the multipart uploads this host "
+                    "runs (created on demand), so that cleanup_leftovers() aborts "
+                    "only those whose process is gone."),
+    cfg.FloatOpt("gsfs_s3_leftover_age_hours", default=24.0, min=0,
+                 help="gsfs: cleanup_leftovers() aborts an unfinished multipart upload "
+                      "this host has no journal entry for (Glance's, another host's) "
+                      "only if it was started more than this many hours ago; 0: never."),
 ]
 
 # Options glance_store lets be falsy; any other falsy option is "not found".
@@ -395,7 +432,7 @@ class _MultipartUpload:
         with _s3_errors("create multipart upload", self.bucket, self.key, write=True):
             resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
         self.upload_id = resp["UploadId"]
-        self.store._active_uploads.add(self.upload_id)
+        self.store._upload_started(self.client, self.bucket, self.key, self.upload_id)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.store.thread_pools, thread_name_prefix="gsfs-s3-part")
         LOG.debug("Multipart upload of %s/%s started: %s", self.bucket, self.key,
@@ -454,23 +491,62 @@ class _MultipartUpload:
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
                                            for n in numbers]})
-        self.store._active_uploads.discard(self.upload_id)
+        self.store._upload_ended(self.bucket, self.key, self.upload_id)
 
     def abort(self):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
         if self.upload_id is None:
             return
+        aborted = False
         try:
             self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            aborted = True
             LOG.info("Aborted the multipart upload of %s/%s (%s)", self.bucket, self.key,
                      self.upload_id)
         except Exception as e:
-            LOG.error("Could not abort the multipart upload of %s/%s (%s): %s",
-                      self.bucket, self.key, self.upload_id, e)
+            LOG.error("Could not abort the multipart upload of %s/%s (%s): %s; retrying "
+                      "in the background", self.bucket, self.key, self.upload_id, e)
+            self._abort_later()
         finally:
-            self.store._active_uploads.discard(self.upload_id)
+            self.store._upload_ended(self.bucket, self.key, self.upload_id, aborted)
+
+    # seconds between the retries of a failed abort (about 10 minutes in all)
+    ABORT_RETRY_DELAYS = (1, 2, 4, 8, 15) + (30,) * 19
+
+    def _abort_later(self):
+        """The abort failed (typically: the server is unreachable, which is also
+        why the upload failed). Retry it in a background thread so the upload
+        leaves nothing once the server is back; if the process exits first,
+        cleanup_leftovers at the next start aborts it."""
+        store, client = self.store, self.client
+        bucket, key, upload_id = self.bucket, self.key, self.upload_id
+
+        def retry():
+            for delay in self.ABORT_RETRY_DELAYS:
+                time.sleep(delay)
+                try:
+                    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                except botocore.exceptions.ClientError as e:
+                    if _error_code(e) in ("NoSuchUpload", "404"):
+                        store._upload_ended(bucket, key, upload_id)
+                        return          # gone already (e.g. cleanup_leftovers)
+                    if not isinstance(_s3_error(e, "abort"), exceptions.RemoteServiceUnavailable):
+                        LOG.error("Giving up aborting the multipart upload of %s/%s (%s): %s",
+                                  bucket, key, upload_id, e)
+                        return
+                    continue
+                except Exception:
+                    continue
+                store._upload_ended(bucket, key, upload_id)
+                LOG.info("Aborted the multipart upload of %s/%s (%s) on a retry",
+                         bucket, key, upload_id)
+                return
+            LOG.error("Could not abort the multipart upload of %s/%s (%s); the next "
+                      "start of gsfs removes it (cleanup_leftovers)", bucket, key, upload_id)
+
+        threading.Thread(target=retry, name="gsfs-s3-abort", daemon=True).start()
 
 
 # --------------------------------------------------------------------------- the store
@@ -520,7 +596,8 @@ class Store(driver.Store):
                      "s3_store_thread_pools", "s3_store_cacert",
                      "s3_store_enable_data_integrity_protection",
                      "s3_store_request_checksum_calculation",
-                     "s3_store_response_checksum_validation"):
+                     "s3_store_response_checksum_validation",
+                     "gsfs_s3_journal_dir", "gsfs_s3_leftover_age_hours"):
             self._opt[name] = getattr(gc, name)
         host = self._opt["s3_store_host"] or ""
         self.s3_host = host
@@ -531,6 +608,8 @@ class Store(driver.Store):
         self.large_object_size = (self._opt["s3_store_large_object_size"] or 0) * MiB
         self.large_object_chunk_size = (self._opt["s3_store_large_object_chunk_size"] or 0) * MiB
         self.thread_pools = self._opt["s3_store_thread_pools"] or 0
+        self.journal = journal.Journal(self._opt["gsfs_s3_journal_dir"]
+                                       or journal.default_dir("s3-journal"))
         self._options_loaded = True
 
     def _option(self, name):
@@ -712,6 +791,32 @@ class Store(driver.Store):
         if self._growth[0] != base:
             self._growth = (base, growth_interval(base, self.GROWTH_INTERVALS))
         return self._growth[1]
+
+    # -- the journal of this host's multipart uploads (see the module docstring)
+    @staticmethod
+    def _journal_name(bucket, key, upload_id):
+        return "%s/%s/%s" % (bucket, upload_id, key)
+
+    def _upload_started(self, client, bucket, key, upload_id):
+        self._active_uploads.add(upload_id)
+        self.journal.add(self._journal_name(bucket, key, upload_id), {
+            "endpoint": client.meta.endpoint_url, "bucket": bucket, "key": key,
+            "upload_id": upload_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "process": journal.process_tag(os.getpid()),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+
+    def _upload_ended(self, bucket, key, upload_id, gone=True):
+        """The upload completed or was aborted (``gone``), or its abort failed:
+        then the entry stays, marked abandoned, for cleanup_leftovers()."""
+        self._active_uploads.discard(upload_id)
+        name = self._journal_name(bucket, key, upload_id)
+        if gone:
+            self.journal.remove(name)
+            return
+        entry = self.journal.get(name)
+        if entry is not None:
+            entry["abandoned"] = True
+            self.journal.add(name, entry)
 
     # -- glance_store API ----------------------------------------------------
     @capabilities.check
@@ -1092,7 +1197,8 @@ class Store(driver.Store):
         part_size = min(part_size, MAX_PART_SIZE)
         with _s3_errors("copy from %r" % src, bucket, dst, write=True):
             upload_id = client.create_multipart_upload(Bucket=bucket, Key=dst)["UploadId"]
-        self._active_uploads.add(upload_id)
+        self._upload_started(client, bucket, dst, upload_id)
+        ended = False
 
         def copy_part(number, start):
             end = min(size, start + part_size) - 1
@@ -1118,43 +1224,54 @@ class Store(driver.Store):
                 client.complete_multipart_upload(
                     Bucket=bucket, Key=dst, UploadId=upload_id,
                     MultipartUpload={"Parts": parts})
+            ended = True
         except BaseException:
             try:
                 client.abort_multipart_upload(Bucket=bucket, Key=dst, UploadId=upload_id)
+                ended = True
             except Exception as e:
                 LOG.error("Could not abort the multipart copy to %s/%s: %s", bucket, dst, e)
             raise
         finally:
-            self._active_uploads.discard(upload_id)
+            self._upload_ended(bucket, dst, upload_id, ended)
 
     def capacity(self):
         return None
 
     def cleanup_leftovers(self):
-        """Abort every unfinished multipart upload of an image in the configured
-        bucket (except the ones this store is running), and remove sidecars
-        whose image is gone (e.g. deleted through glance_store). Returns one
+        """Abort the unfinished multipart uploads of images in the configured
+        bucket that are leftovers: journaled by this host and their process is
+        gone (or the entry is abandoned), or not journaled and started more
+        than gsfs_s3_leftover_age_hours ago (see the module docstring). Remove
+        journal entries of uploads that no longer exist and sidecars whose
+        image is gone (e.g. deleted through glance_store). Returns one
         description per thing removed; nothing if writing is disabled."""
         if not self.is_capable(capabilities.BitMasks.WRITE_ACCESS):
             return []
         self._ensure_options()
         client = self._get_client()
         bucket = self._option("s3_store_bucket")
+        endpoint = client.meta.endpoint_url
+        # read before listing: an entry missing from the listing is really gone
+        journaled = {e.get("upload_id"): e for e in self.journal.entries()
+                     if e.get("endpoint") == endpoint and e.get("bucket") == bucket}
         done = []
         try:
+            listed = set()
             pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket)
             for page in pages:
                 for upload in page.get("Uploads", ()):
-                    key, upload_id = upload["Key"], upload["UploadId"]
-                    if upload_id in self._active_uploads or not self._is_image_id(key):
-                        continue
-                    with _s3_errors("abort multipart upload", bucket, key, write=True):
-                        client.abort_multipart_upload(Bucket=bucket, Key=key,
-                                                      UploadId=upload_id)
-                    initiated = upload.get("Initiated")
-                    done.append("aborted the unfinished multipart upload %s of s3://%s/%s"
-                                " (started %s)" % (upload_id, bucket, key,
-                                                   initiated.isoformat() if initiated else "?"))
+                    listed.add(upload["UploadId"])
+                    line = self._clean_upload(client, bucket, upload, journaled)
+                    if line:
+                        done.append(line)
+            for upload_id, entry in journaled.items():
+                if upload_id not in listed:
+                    self.journal.remove(self._journal_name(bucket, entry.get("key"),
+                                                           upload_id))
+                    done.append("removed the journal entry of the multipart upload %s of "
+                                "s3://%s/%s: the upload no longer exists"
+                                % (upload_id, bucket, entry.get("key")))
             # sidecars first: one is written after its image, so an image
             # missing from the later listing is really gone
             sidecars = []
@@ -1181,6 +1298,37 @@ class Store(driver.Store):
         for line in done:
             LOG.info("%s", line)
         return done
+
+    def _clean_upload(self, client, bucket, upload, journaled):
+        """Abort ``upload`` (from ListMultipartUploads) if it is a leftover;
+        the description, or None if it stays."""
+        key, upload_id = upload["Key"], upload["UploadId"]
+        if upload_id in self._active_uploads or not self._is_image_id(key):
+            return None
+        name = self._journal_name(bucket, key, upload_id)
+        entry = journaled.get(upload_id) or self.journal.get(name)   # get: started meanwhile
+        initiated = upload.get("Initiated")
+        if entry is not None and entry.get("host") == socket.gethostname():
+            if entry.get("abandoned"):
+                why = "its abort had failed"
+            elif journal.process_alive(entry.get("pid"), entry.get("process")):
+                return None
+            else:
+                why = "its process %s is gone" % entry.get("pid")
+        else:
+            age = self._opt["gsfs_s3_leftover_age_hours"]
+            now = datetime.datetime.now(datetime.timezone.utc)
+            if not age or initiated is None or now - initiated <= datetime.timedelta(hours=age):
+                return None
+            why = "not started by this host, older than %g hours" % age
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) != "NoSuchUpload":
+                raise _s3_error(e, "abort multipart upload", bucket, key, write=True) from e
+        self.journal.remove(name)
+        return ("aborted the unfinished multipart upload %s of s3://%s/%s (started %s; %s)"
+                % (upload_id, bucket, key, initiated.isoformat() if initiated else "?", why))
 
     def _is_image_id(self, key):
         try:

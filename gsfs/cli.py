@@ -179,7 +179,12 @@ def cmd_umount(args):
     pending = len(status["uploads"]) + len(status["pending_spooled"])
     if pending:
         print("gsfs: waiting for %d upload(s) to finish" % pending, file=sys.stderr)
-    os.setxattr(mountpoint, "user.gsfs.control", b"sync")
+    try:
+        os.setxattr(mountpoint, "user.gsfs.control", b"sync")
+    except OSError as e:
+        # the failed uploads are gone (nothing partial was left); unmount anyway
+        print("gsfs: some uploads failed (%s); the log names each one" % e.strerror,
+              file=sys.stderr)
     result = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if result.returncode != 0:
         print("gsfs: cannot unmount %s: %s" % (mountpoint, result.stderr.strip()),

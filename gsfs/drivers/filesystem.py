@@ -369,8 +369,10 @@ class Store(driver.Store):
         return {}
 
     def _location(self, path, image_id=None):
-        return location.Location("file", StoreLocation, self.conf,
-                                 uri="file://%s" % path, image_id=image_id,
+        # from specs, not by parsing "file://<path>": an id may hold '?' or '#',
+        # which a URI parse cuts off (the image would be written but not found)
+        return location.Location("file", StoreLocation, self.conf, image_id=image_id,
+                                 store_specs={"scheme": "file", "path": path},
                                  backend=self.backend_group)
 
     @staticmethod

@@ -14,8 +14,13 @@ from gsfs import exceptions
 
 LOG = logging.getLogger("gsfs.fs")
 
+class ChecksumMismatch(exceptions.Invalid):
+    """The data written does not have the checksum the writer announced."""
+
+
 # Most specific class first: the first isinstance match wins.
 _ERRNO_MAP = (
+    (ChecksumMismatch, errno.EIO),
     (exceptions.Duplicate, errno.EEXIST),
     (exceptions.StorageFull, errno.ENOSPC),
     (exceptions.StorageWriteDenied, errno.EACCES),

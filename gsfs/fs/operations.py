@@ -16,6 +16,7 @@ uploads by max_uploads); errors become errnos in fs/errors.py.
 import errno
 import logging
 import os
+import re
 import time
 
 import pyfuse3
@@ -28,6 +29,7 @@ from gsfs.fs.read_session import ReadSession
 from gsfs.fs.write_session import SpoolSession, StreamSession
 
 LOG = logging.getLogger("gsfs.fs")
+RSYNC_TEMP = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
 
 
 class Handle:
@@ -180,7 +182,9 @@ class Operations(pyfuse3.Operations):
                                 "change it" % (image.size, size), image.store_dir.store_id)
 
     async def _set_mtime(self, image, mtime_ns):
-        if image.pending:
+        if image.pending or image.session is not None:
+            # being written (or replaced, -o allow_replace): applied at commit, to
+            # the new data, not to the image being replaced
             image.pending_mtime_ns = mtime_ns
             return
         d = image.store_dir
@@ -252,7 +256,9 @@ class Operations(pyfuse3.Operations):
     # -- creating and writing ----------------------------------------------------
     def _new_session(self, image, flags, replace):
         rdwr = (flags & os.O_ACCMODE) == os.O_RDWR
-        if rdwr and self.settings.spool_max > 0:
+        # rsync (mkstemp) opens its temp file .NAME.XXXXXX read-write but writes it
+        # in order: stream it, so its close reports the store's error
+        if rdwr and self.settings.spool_max > 0 and not RSYNC_TEMP.match(image.name):
             session = SpoolSession(self, image, replace)
         else:
             session = StreamSession(self, image, replace)
@@ -431,8 +437,15 @@ class Operations(pyfuse3.Operations):
             if target.pending:
                 raise errors.refuse(errno.EBUSY, "rename", path, "the target is being written")
             replace = True
+        if image.pending and isinstance(image.session, StreamSession):
+            # rsync renames its temp file right after close; the commit of an empty
+            # file happens at release, which the kernel may send after the rename
+            await image.session.commit()
         if image.pending:
             if isinstance(image.session, SpoolSession) and not image.session.committing:
+                if replace:
+                    # the upload publishes under the new name: over the target
+                    image.session.replace = True
                 self._rename_node(image, new, target)
                 return
             raise errors.refuse(errno.EBUSY, "rename", path,
@@ -478,7 +491,9 @@ class Operations(pyfuse3.Operations):
         text = value.decode("utf-8", "replace").strip("\0")
         if node is None and name == xattrs.CONTROL:
             if text.strip() == "sync":
-                await self.sync_all()
+                if await self.sync_all():
+                    # gsfs umount reports it; the log has one line per failed upload
+                    raise pyfuse3.FUSEError(errno.EIO)
                 return
             raise errors.refuse(errno.EINVAL, "setxattr", "/", "unknown control %r" % text)
         if isinstance(node, Image):
@@ -487,6 +502,16 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def removexattr(self, inode, name, ctx):
+        node = self._node(inode)
+        name = _name(name)
+        if name in xattrs.names(node):
+            # rsync -X removes the attributes its source lacks: gsfs's own ones are
+            # computed, so this is a no-op (as setxattr of them is), except that an
+            # expected checksum of a file being written is forgotten
+            key = xattrs.EXPECTED.get(name)
+            if key and isinstance(node, Image) and node.session is not None:
+                node.session.guard.expected.pop(key, None)
+            return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def checksums(self, image):
@@ -543,13 +568,15 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
         total = free = 0
+        seen = set()   # stores on one file system report it once
         for d in self.namespace.store_dirs.values():
             try:
                 cap = await self._run(d.store.capacity)
             except Exception as e:  # capacity is advisory
                 LOG.debug("capacity of %s: %s", d.store_id, e)
                 cap = None
-            if cap:
+            if cap and tuple(cap) not in seen:
+                seen.add(tuple(cap))
                 total += cap[0]
                 free += cap[1]
         if not total:
@@ -569,16 +596,20 @@ class Operations(pyfuse3.Operations):
 
     # -- control ---------------------------------------------------------------------------
     async def sync_all(self):
-        """Upload every spooled image now and wait for uploads that are closing."""
+        """Upload every spooled image now and wait for uploads that are closing.
+        Returns how many of them failed (each one is logged)."""
+        failed = 0
         for session in list(self.spools):
             if session.handles == 0:
                 try:
                     await session.commit()
                 except pyfuse3.FUSEError:
-                    pass
+                    failed += 1
         for session in list(self.uploads):
             if getattr(session, "closing", True):
                 await session.done.wait()
+                failed += session.errno is not None
+        return failed
 
     def status(self):
         stores = []

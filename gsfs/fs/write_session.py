@@ -34,6 +34,7 @@ import trio
 
 from gsfs import driver, exceptions
 from gsfs.fs import errors
+from gsfs.fs.errors import ChecksumMismatch
 
 LOG = logging.getLogger("gsfs.fs")
 CHUNK = 1024 * 1024
@@ -42,10 +43,6 @@ _ZEROS = bytes(CHUNK)
 
 class UploadAborted(Exception):
     """Raised inside the driver's add() to make it clean up and stop."""
-
-
-class ChecksumMismatch(exceptions.Invalid):
-    """The data written does not have the checksum the writer announced."""
 
 
 class CommitGuard:
@@ -193,14 +190,35 @@ class _Session:
             LOG.info("Upload of %s aborted: %s", self.image.path, exc)
             self.errno = errno.EIO
         else:
-            code = errno.EIO if isinstance(exc, ChecksumMismatch) else None
             err = errors.to_fuse_error(exc, "upload", self.image.path,
                                        self.image.store_dir.store_id)
-            self.errno = code or err.errno
+            self.errno = err.errno
             self.fs.stats.count(self.image.store_dir.store_id, "errors", 1)
         if self.image.session is self:
             self.image.session = None
             self.fs.namespace.drop(self.image)
+
+    async def _forget_name(self):
+        """After a failed upload, before the waiters are told: the kernel cached
+        the name at create (entry_timeout), so stat/open(O_EXCL) of the name would
+        still find the image that was never committed. invalidate_entry blocks
+        until related requests (an unlink waiting for this session...) are done:
+        it runs in a thread, abandoned after the entry timeout (the kernel has
+        forgotten the name by then anyway). Not after an abort: unlink and
+        shutdown abort, and the kernel's unlink forgets the name itself."""
+        if isinstance(self.error, UploadAborted) or \
+                self.image.store_dir.entries.get(self.image.name) is self.image:
+            return
+        parent, name = self.image.store_dir.ino, os.fsencode(self.image.name)
+
+        def invalidate():
+            try:
+                pyfuse3.invalidate_entry(parent, name)
+            except OSError as e:  # ENOENT: the kernel did not know the name
+                LOG.debug("invalidate_entry %s: %s", self.image.path, e)
+
+        with trio.move_on_after(1.0):
+            await trio.to_thread.run_sync(invalidate, abandon_on_cancel=True)
 
     def raise_if_failed(self):
         if self.errno is not None:
@@ -228,6 +246,7 @@ class StreamSession(_Session):
                 self._add, self.pipe, 0, limiter=self.fs.upload_limiter)
         except Exception as e:  # every failure is reported at flush, with its errno
             self._fail(e)
+            await self._forget_name()
         else:
             self._finish(result)
         finally:
@@ -275,6 +294,7 @@ class StreamSession(_Session):
             return
         if size > self.size:
             await self._zero_fill(size - self.size)
+            self.wrote = True   # data now: the opener's flush commits (cp of an all-hole file)
             return
         raise errors.refuse(errno.EINVAL, "truncate", self.image.path,
                             "cannot shrink a streaming upload from %d to %d bytes"
@@ -392,6 +412,7 @@ class SpoolSession(_Session):
             result = await trio.to_thread.run_sync(self._upload, limiter=self.fs.upload_limiter)
         except Exception as e:
             self._fail(e)
+            await self._forget_name()
         else:
             self._finish(result)
         finally:

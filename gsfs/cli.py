@@ -14,6 +14,7 @@ import sys
 import time
 
 import gsfs
+from gsfs import process
 
 LOG = logging.getLogger("gsfs")
 
@@ -195,22 +196,11 @@ def cmd_umount(args):
         return 1
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process.process_alive(pid):
             return 0
         time.sleep(0.1)
     print("gsfs: unmounted, but the daemon (pid %d) is still running" % pid, file=sys.stderr)
     return 1
-
-
-def _alive(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("State:"):
-                    return "Z" not in line.split()[1]
-    except OSError:
-        return False
-    return True
 
 
 def cmd_status(args):

@@ -26,7 +26,16 @@ import pytest
 from glance_store._drivers import s3 as glance_s3
 from oslo_config import cfg
 
-from gsfs import backend, capabilities, driver, exceptions, journal, location, multi_backend
+from gsfs import (
+    backend,
+    capabilities,
+    driver,
+    exceptions,
+    journal,
+    location,
+    multi_backend,
+    process,
+)
 from gsfs.drivers import s3
 from tests.servers.ceph import purge_bucket
 from tests.storeconf import ini, load_stores, store_config  # noqa: F401 - the fixture
@@ -1029,16 +1038,16 @@ def test_default_journal_dir(monkeypatch):
 
 
 def test_process_tag_tells_dead_zombie_and_reused_pids():
-    assert journal.process_alive(os.getpid(), journal.process_tag(os.getpid()))
-    assert not journal.process_alive(os.getpid(), "another-boot:1")    # pid reused
+    assert process.process_alive(os.getpid(), process.process_tag(os.getpid()))
+    assert not process.process_alive(os.getpid(), "another-boot:1")    # pid reused
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        tag = journal.process_tag(proc.pid)
-        assert tag and journal.process_alive(proc.pid, tag)
+        tag = process.process_tag(proc.pid)
+        assert tag and process.process_alive(proc.pid, tag)
         proc.kill()
         wait_zombie(proc.pid)
-        assert journal.process_tag(proc.pid) is None
+        assert process.process_tag(proc.pid) is None
     finally:
         proc.kill()
         proc.wait()
-    assert not journal.process_alive(proc.pid, tag)
+    assert not process.process_alive(proc.pid, tag)

@@ -30,7 +30,7 @@ import urllib.parse
 
 from oslo_config import cfg
 
-from gsfs import capabilities, driver, exceptions, hashing, location
+from gsfs import capabilities, driver, exceptions, hashing, location, process
 
 LOG = logging.getLogger(__name__)
 
@@ -637,25 +637,13 @@ class Store(driver.Store):
                 if not name[len(TMP_PREFIX):].startswith(host + "."):
                     continue
                 rest = name[len(TMP_PREFIX) + len(host) + 1:].split(".", 2)
-                if len(rest) < 3 or not rest[0].isdigit() or _pid_alive(int(rest[0])):
+                if len(rest) < 3 or not rest[0].isdigit() or process.process_alive(int(rest[0])):
                     continue
                 path = os.path.join(datadir, name)
                 _unlink_quietly(path)
                 removed.append("file store %s: removed unfinished upload %s"
                                % (self.backend_group, path))
         return removed
-
-
-def _pid_alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unlink_quietly(path):

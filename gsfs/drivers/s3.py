@@ -75,7 +75,7 @@ import botocore.utils
 import urllib3.exceptions
 from oslo_config import cfg
 
-from gsfs import backend, capabilities, driver, exceptions, hashing, journal, location
+from gsfs import backend, capabilities, driver, exceptions, hashing, journal, location, process
 
 LOG = logging.getLogger(__name__)
 
@@ -802,7 +802,7 @@ class Store(driver.Store):
         self.journal.add(self._journal_name(bucket, key, upload_id), {
             "endpoint": client.meta.endpoint_url, "bucket": bucket, "key": key,
             "upload_id": upload_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "process": journal.process_tag(os.getpid()),
+            "process": process.process_tag(os.getpid()),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat()})
 
     def _upload_ended(self, bucket, key, upload_id, gone=True):
@@ -1311,7 +1311,7 @@ class Store(driver.Store):
         if entry is not None and entry.get("host") == socket.gethostname():
             if entry.get("abandoned"):
                 why = "its abort had failed"
-            elif journal.process_alive(entry.get("pid"), entry.get("process")):
+            elif process.process_alive(entry.get("pid"), entry.get("process")):
                 return None
             else:
                 why = "its process %s is gone" % entry.get("pid")

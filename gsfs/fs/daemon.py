@@ -25,7 +25,7 @@ import pyfuse3
 import trio
 from oslo_config import cfg
 
-from gsfs import config, multi_backend, notify
+from gsfs import config, multi_backend, notify, process
 from gsfs.fs import settings as settings_mod
 from gsfs.fs.operations import Operations
 
@@ -126,7 +126,7 @@ def clean_leftovers(ops):
         return
     for name in names:
         pid = name.split(".", 1)[0]
-        if name.endswith(".spool") and pid.isdigit() and not _alive(int(pid)):
+        if name.endswith(".spool") and pid.isdigit() and not process.process_alive(int(pid)):
             path = os.path.join(spool_dir, name)
             LOG.warning("Removed the spool file %s of a gsfs process (pid %s) that is gone; "
                         "its image was never committed", path, pid)
@@ -134,16 +134,6 @@ def clean_leftovers(ops):
                 os.unlink(path)
             except OSError:
                 pass
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def dump_stacks():

@@ -722,9 +722,6 @@ def test_s3_differences(both_s3):
 
 
 @pytest.mark.ceph
-@pytest.mark.xfail(reason="gsfs s3 sidecar .gsfs-meta/<id> outlives a glance_store delete and "
-                          "is then served as the metadata of a new image of the same id "
-                          "(reported to the s3 driver author)", strict=False)
 def test_s3_metadata_of_an_image_replaced_through_glance_store(both_s3):
     old, new = b"old contents", b"new contents!"
     uri = gsfs_mb.add_with_multihash(CONF, "img", io.BytesIO(old), len(old), "cloud",

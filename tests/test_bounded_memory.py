@@ -127,3 +127,130 @@ def test_s3_2gib_unknown_size_bounded_rss(ceph, s3_bucket):
     assert head["ETag"].endswith('-%d"' % (size // (part_mib * MiB) + 1))   # 205 parts
     assert s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     s3.delete_object(Bucket=s3_bucket, Key="big-unknown-size")
+
+
+# ---------------------------------------------------------------- RBD add
+
+RBD_ADD_SCRIPT = r'''
+import hashlib, json, random, resource, sys, tempfile, time
+from pathlib import Path
+
+from tests.storeconf import ini, load_stores
+from gsfs import multi_backend
+
+p = json.loads(sys.argv[1])
+MiB = 1024 * 1024
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Generated:
+    """A file-like source of ``total`` bytes made on demand: 1 MiB pieces of one
+    pseudo-random block, each starting with its counter. ``read(n)`` builds just
+    the n bytes asked for (the driver asks for rbd_store_chunk_size)."""
+
+    def __init__(self, total):
+        self.block = random.Random(20261125).randbytes(MiB)
+        self.total = total
+        self.pos = 0
+        self.md5 = hashlib.md5()
+
+    def read(self, n):
+        n = min(n, self.total - self.pos)
+        out = bytearray()
+        while len(out) < n:
+            i, off = divmod(self.pos + len(out), MiB)
+            piece = i.to_bytes(8, "little") + self.block[8:]
+            out += piece[off:off + n - len(out)]
+        self.pos += n
+        data = bytes(out)
+        del out
+        self.md5.update(data)
+        return data
+
+
+conf = load_stores(Path(tempfile.mkdtemp()), ini({
+    "DEFAULT": {"enabled_backends": "ceph:rbd"},
+    "glance_store": {"default_backend": "ceph"},
+    "ceph": {
+        "rbd_store_pool": p["pool"],
+        "rbd_store_user": p["user"],
+        "rbd_store_ceph_conf": p["conf"],
+        "rbd_store_chunk_size": p["chunk_mib"],
+    },
+}))
+
+# baseline: connection, librados/librbd threads and caches, one tiny add + delete
+uri, *_ = multi_backend.add_with_multihash(conf, p["image_id"] + "-baseline",
+                                           Generated(MiB), 0, "ceph", "sha512")
+multi_backend.delete(uri, "ceph")
+baseline = peak_rss()
+
+src = Generated(p["size"])
+start = time.monotonic()
+uri, size, checksum, multihash, meta = multi_backend.add_with_multihash(
+    conf, p["image_id"], src, 0, "ceph", "sha512")
+seconds = time.monotonic() - start
+print(json.dumps({
+    "uri": uri, "size": size, "checksum_ok": checksum == src.md5.hexdigest(),
+    "multihash_len": len(multihash), "meta": meta, "seconds": seconds,
+    "baseline_rss": baseline, "peak_rss": peak_rss(),
+}))
+'''
+
+RBD_CACHE = 32 * MiB      # librbd's rbd_cache_size default (writes in flight are held there)
+
+
+@pytest.mark.ceph
+def test_rbd_2gib_unknown_size_bounded_rss(ceph):
+    """2 GiB of unknown size (0) through add_with_multihash to RBD: peak RSS stays
+    below baseline + 3 x chunk + librbd's 32 MiB cache + 64 MiB (docs/memory.md)."""
+    import rados
+    import rbd
+
+    chunk_mib, size = 8, 2 * GiB                        # glance_store's default chunk
+    image_id = "big-unknown-size-%d" % os.getpid()
+    params = {"pool": ceph.pool, "user": ceph.rbd_user, "conf": ceph.conf_path,
+              "chunk_mib": chunk_mib, "size": size, "image_id": image_id}
+    client = rados.Rados(conffile=ceph.conf_path, rados_id=ceph.rbd_user)
+    client.connect()
+    try:
+        with client.open_ioctx(ceph.pool) as ioctx:
+            try:
+                report = run_measurement(RBD_ADD_SCRIPT, params)
+                chunk = chunk_mib * MiB
+                bound = report["baseline_rss"] + 3 * chunk + RBD_CACHE + SLACK
+                sys.stderr.write(
+                    "RBD add of 2 GiB, size unknown: %.1f s (%.0f MiB/s); RSS baseline "
+                    "%.1f MiB, peak %.1f MiB (+%.1f MiB), bound %.1f MiB (baseline + 3 x %d "
+                    "MiB chunk + %d MiB rbd cache + %d MiB)\n"
+                    % (report["seconds"], size / MiB / report["seconds"],
+                       report["baseline_rss"] / MiB, report["peak_rss"] / MiB,
+                       (report["peak_rss"] - report["baseline_rss"]) / MiB, bound / MiB,
+                       chunk_mib, RBD_CACHE // MiB, SLACK // MiB))
+                assert report["size"] == size
+                assert report["checksum_ok"] and report["multihash_len"] == 128
+                assert report["meta"] == {"store": "ceph"}
+                assert report["uri"] == "rbd://%s/%s/%s/snap" % (ceph.fsid, ceph.pool,
+                                                                  image_id)
+                assert report["peak_rss"] < bound, report
+                with rbd.Image(ioctx, image_id, snapshot="snap", read_only=True) as img:
+                    assert img.size() == size                   # trimmed to the byte
+                    last = (size // MiB - 1).to_bytes(8, "little")
+                    assert img.read(size - MiB, 8) == last
+                assert not [n for n in rbd.RBD().list(ioctx) if n.startswith("..gsfs-")]
+            finally:
+                for name in (image_id, image_id + "-baseline"):
+                    try:
+                        with rbd.Image(ioctx, name) as img:
+                            for snap in list(img.list_snaps()):
+                                if img.is_protected_snap(snap["name"]):
+                                    img.unprotect_snap(snap["name"])
+                                img.remove_snap(snap["name"])
+                        rbd.RBD().remove(ioctx, name)
+                    except rbd.ImageNotFound:
+                        pass
+    finally:
+        client.shutdown()

@@ -540,3 +540,27 @@ def test_background_failure_shows_only_this_runs_log(tmp_path):
     assert "does not exist" in results[0].stderr
     assert "none of the configured stores could be loaded" in results[1].stderr
     assert "does not exist" not in results[1].stderr, results[1].stderr
+
+
+def test_metrics_file_counts_bytes_per_store(gsfs_mount, stores_conf, tmp_path):
+    """-o metrics_file=PATH: Prometheus text, rewritten every few seconds, whose
+    byte counters follow what went in and out of each store."""
+    metrics = tmp_path / "gsfs.prom"
+    m = gsfs_mount(stores_conf("file"), options=["metrics_file=%s" % metrics])
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with open(m.path("file", "counted"), "wb") as f:
+        f.write(data)
+    with open(m.path("file", "counted"), "rb") as f:
+        assert f.read() == data
+    want_in = 'gsfs_store_bytes_total{store="file",direction="in"} %d' % len(data)
+    want_out = 'gsfs_store_bytes_total{store="file",direction="out"} %d' % len(data)
+    deadline = time.monotonic() + 20
+    text = ""
+    while time.monotonic() < deadline:
+        text = metrics.read_text() if metrics.exists() else ""
+        if want_in in text and want_out in text:
+            break
+        time.sleep(0.5)
+    assert want_in in text and want_out in text, text
+    assert "# TYPE gsfs_store_bytes_total counter" in text
+    assert "gsfs_uploads_in_flight 0" in text

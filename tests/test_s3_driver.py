@@ -810,18 +810,43 @@ def test_unknown_size_parts_reach_5_tib(base_mib):
     assert sum(sizes[:interval]) >= 2 * 1024**3
 
 
-def test_part_buffers_block_when_all_in_use():
-    pool = s3._PartBuffers(2)
-    a, b = pool.take(10), pool.take(10)
+def _taken_in_thread(pool, size):
     got = []
-    t = threading.Thread(target=lambda: got.append(pool.take(10)))
+    t = threading.Thread(target=lambda: got.append(pool.take(size)))
     t.start()
     t.join(0.3)
-    assert t.is_alive() and not got           # blocked: both buffers in use
+    return t, got
+
+
+def test_part_buffers_block_when_the_budget_is_in_use():
+    pool = s3._PartBuffers(20)
+    a, b = pool.take(10), pool.take(10)
+    t, got = _taken_in_thread(pool, 10)
+    assert t.is_alive() and not got           # blocked: the budget is in use
     pool.give(a)
     t.join(5)
     assert got and got[0] is a                # the same memory is reused
     pool.give(b)
+    pool.give(got[0])
+
+
+def test_larger_parts_mean_fewer_in_flight():
+    """Growing parts (unknown size) keep memory at the budget: a 15-byte part
+    waits while 10 are in use, and one part larger than the budget is allowed
+    alone."""
+    pool = s3._PartBuffers(20)
+    a = pool.take(10)
+    t, got = _taken_in_thread(pool, 15)
+    assert t.is_alive() and not got           # 10 + 15 > 20
+    pool.give(a)
+    t.join(5)
+    assert got and len(got[0]) == 15
+    t2, got2 = _taken_in_thread(pool, 30)
+    assert t2.is_alive() and not got2         # waits for the 15 to come back
+    pool.give(got[0])
+    t2.join(5)
+    assert got2 and len(got2[0]) == 30        # alone, it may exceed the budget
+    pool.give(got2[0])
 
 
 def _client_error(code, status):

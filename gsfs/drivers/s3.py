@@ -10,9 +10,10 @@ url_prefix, return shapes and messages); the differences are deliberate:
 * ``add()`` works through the 4-tuple path too (glance's s3 driver needs
   ``hashing_algo``), and an image of unknown size (``image_size == 0``) is
   streamed as a multipart upload with growing part sizes instead of being
-  buffered in memory. Memory stays below ``(s3_store_thread_pools + 1)`` parts
-  (see docs/memory.md, "S3 add"): parts are uploaded in parallel and the reader
-  blocks while that many part buffers are in use.
+  buffered in memory. Part buffers share a fixed budget of
+  ``(s3_store_thread_pools + 1)`` first-size parts (see docs/memory.md, "S3
+  add"): parts are uploaded in parallel, the reader blocks while the budget is
+  in use, and as parts grow fewer of them are in flight.
 * Every failure of a multipart upload (part error, size error, an exception
   from the image source, KeyboardInterrupt) aborts the upload: nothing is left
   behind. The ETag of CompleteMultipartUpload is not used (radosgw sends '').
@@ -62,7 +63,6 @@ import json
 import logging
 import math
 import os
-import queue
 import re
 import socket
 import threading
@@ -391,23 +391,38 @@ class _ResponseIndexable(backend.Indexable):
 
 
 class _PartBuffers:
-    """A fixed number of reusable part buffers: take() blocks while all are in
-    use. This is the upload's memory bound and its backpressure."""
+    """Reusable part buffers within a fixed byte budget: take() blocks while
+    the buffers in use plus the one asked for would exceed it (one buffer is
+    always allowed, however large). This is the upload's memory bound and its
+    backpressure; as parts grow (unknown sizes), fewer are in flight, so the
+    memory stays at max(budget, one part) instead of growing with the image."""
 
-    def __init__(self, count):
-        self._free = queue.LifoQueue()
-        for _ in range(count):
-            self._free.put(None)
+    def __init__(self, budget):
+        self.budget = budget
+        self._in_use = 0
+        self._taken = {}        # id(buffer) → bytes accounted (a last part shrinks)
+        self._free = []
+        self._cond = threading.Condition()
 
     def take(self, size):
-        buf = self._free.get()
-        if buf is None or len(buf) != size:
-            buf = None          # drop the old one before allocating the new one
-            buf = bytearray(size)
-        return buf
+        with self._cond:
+            while self._in_use and self._in_use + size > self.budget:
+                self._cond.wait()
+            self._in_use += size
+            buf = next((b for b in self._free if len(b) == size), None)
+            if buf is not None:
+                self._free.remove(buf)
+            else:
+                self._free.clear()  # other sizes: drop them before allocating
+                buf = bytearray(size)
+            self._taken[id(buf)] = size
+            return buf
 
     def give(self, buf):
-        self._free.put(buf)
+        with self._cond:
+            self._in_use -= self._taken.pop(id(buf), len(buf))
+            self._free.append(buf)
+            self._cond.notify_all()
 
 
 class _MultipartUpload:
@@ -924,7 +939,7 @@ class Store(driver.Store):
     def _upload(self, client, bucket, key, chunks, checker, hasher, image_size, first_part):
         """Send the image: one PUT if it fits in the first part, else a
         multipart upload with parts sent in parallel. Returns the size."""
-        buffers = _PartBuffers(self.thread_pools + 1)
+        buffers = _PartBuffers((self.thread_pools + 1) * first_part)
         mpu = _MultipartUpload(self, client, bucket, key, buffers)
         number = 1
         buf = buffers.take(first_part)

@@ -508,10 +508,18 @@ class _MultipartUpload:
                                            for n in numbers]})
         self.store._upload_ended(self.bucket, self.key, self.upload_id)
 
-    def abort(self):
+    def abort(self, wait=True):
+        """Abort the upload. ``wait=False``: do not wait for the parts in flight
+        and abort in the background (the server is not answering)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
         if self.upload_id is None:
+            return
+        if not wait:
+            LOG.warning("Aborting the multipart upload of %s/%s (%s) in the background: "
+                        "the server is not answering", self.bucket, self.key, self.upload_id)
+            self.store._upload_ended(self.bucket, self.key, self.upload_id, False)
+            self._abort_later()
             return
         aborted = False
         try:
@@ -981,9 +989,12 @@ class Store(driver.Store):
                 mpu.submit(last)
             last = None
             mpu.complete()
-        except BaseException:
+        except BaseException as e:
             buf = full = last = None  # noqa: F841 - drop the buffers before waiting
-            mpu.abort()
+            # the server is unreachable or not answering: waiting for the parts in
+            # flight and for an abort would take every timeout again; abort in the
+            # background (cleanup_leftovers covers a process that exits first)
+            mpu.abort(wait=not isinstance(e, exceptions.RemoteServiceUnavailable))
             raise
         return mpu.size
 

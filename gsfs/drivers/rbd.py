@@ -16,7 +16,11 @@ What gsfs does differently (docs/compatibility.md):
 * every rados/rbd exception leaves the driver as a gsfs exception (see
   ``_translate``), naming pool, image, operation and cause;
 * size 0 (unknown) uploads keep their resize state per upload (glance_store keeps
-  it on the store object, shared by concurrent uploads and never reset).
+  it on the store object, shared by concurrent uploads and never reset);
+* read() keeps images open at their snapshot for up to READ_HANDLE_MAX_AGE
+  seconds (an open costs ten 128 KiB reads);
+* librbd is never asked to open an image or snapshot that does not exist
+  (librbd 16.2 crashes the process later; see ``_open_image``).
 
 gsfs image metadata (checksum, os_hash_algo, os_hash_value, mtime) is RBD image
 metadata with keys ``gsfs.<name>``: it moves with rename and vanishes with delete.
@@ -149,6 +153,58 @@ def _quote(value):
     return urllib.parse.quote(value, "")
 
 
+# librbd 16.2 (Debian 12's Ceph) corrupts its state when an image open FAILS
+# (no such image, no such snapshot; also inside rename() of a missing image):
+# a later open in the same process aborts ("terminate called after throwing
+# std::system_error: Invalid argument") or segfaults in an io_context_pool
+# thread, within a few hundred alternating failed/successful opens. So this
+# driver never lets librbd fail an open: existence is checked with a plain RADOS
+# stat of the image's id object first, and a snapshot is selected with
+# snap_exists() + set_snap() on an image opened at its head. Only a race (the
+# image removed between the stat and the open) still reaches a failing open.
+# tests/test_rbd_driver.py::test_missing_images_never_reach_a_failing_open.
+
+def _image_exists(ioctx, name):
+    """Whether image ``name`` exists, without opening it: format 2 images have
+    an ``rbd_id.<name>`` object (removed by rename, trash_move and remove),
+    format 1 images a ``<name>.rbd`` header."""
+    for obj in ("rbd_id." + name, name + ".rbd"):
+        try:
+            ioctx.stat(obj)
+            return True
+        except rados.ObjectNotFound:
+            continue
+    return False
+
+
+def _missing(name, snapshot=None):
+    """The exception librbd raises for a missing image (or snapshot)."""
+    return rbd.ImageNotFound("error opening image %s at snapshot %s" % (name, snapshot),
+                             errno=errno.ENOENT)
+
+
+def _open_image(ioctx, name, snapshot=None, read_only=True):
+    """``rbd.Image(ioctx, name, snapshot, read_only)``, but rbd.ImageNotFound is
+    raised before librbd is asked to open a missing image or snapshot."""
+    if not _image_exists(ioctx, name):
+        raise _missing(name)
+    image = rbd.Image(ioctx, name, read_only=read_only)
+    if snapshot is not None:
+        try:
+            exists = getattr(image, "snap_exists", None)
+            if exists is not None:
+                found = exists(snapshot)
+            else:
+                found = any(s["name"] == snapshot for s in image.list_snaps())
+            if not found:
+                raise _missing(name, snapshot)
+            image.set_snap(snapshot)
+        except BaseException:
+            image.close()
+            raise
+    return image
+
+
 class StoreLocation(location.StoreLocation):
     """``rbd://<image>`` or ``rbd://<fsid>/<pool>/<image>/<snapshot>``.
 
@@ -247,7 +303,7 @@ class ImageIterator:
     def _chunks(self):
         with self.store._ioctx(self.pool, "read", self.name) as ioctx:
             try:
-                image = rbd.Image(ioctx, self.name, snapshot=self.snapshot, read_only=True)
+                image = _open_image(ioctx, self.name, self.snapshot)
             except rbd.ImageNotFound as e:
                 raise exceptions.NotFound(
                     message="RBD image %s does not exist" % self.name) from e
@@ -494,7 +550,7 @@ class Store(driver.Store):
         ioctx = image = None
         try:
             ioctx = cluster.client.open_ioctx(pool)
-            image = rbd.Image(ioctx, name, snapshot=snapshot, read_only=True)
+            image = _open_image(ioctx, name, snapshot)
             handle = _OpenImage(key, cluster, ioctx, image)
         except BaseException as e:
             if image is not None:
@@ -597,7 +653,7 @@ class Store(driver.Store):
         """
         try:
             if snapshot_name is not None:
-                with rbd.Image(ioctx, image_name) as image:
+                with _open_image(ioctx, image_name, read_only=False) as image:
                     try:
                         self._unprotect_snapshot(image, snapshot_name)
                         image.remove_snap(snapshot_name)
@@ -635,12 +691,9 @@ class Store(driver.Store):
             LOG.warning("RBD store %s: could not remove %s image %s/%s (%s); "
                         "cleanup_leftovers will retry", self.backend_group, why, pool, name, e)
 
-    def _exists(self, ioctx, name):
-        try:
-            with rbd.Image(ioctx, name, read_only=True):
-                return True
-        except rbd.ImageNotFound:
-            return False
+    @staticmethod
+    def _exists(ioctx, name):
+        return _image_exists(ioctx, name)
 
     def _publish(self, ioctx, pool, src, dst, replace):
         """Give image ``src`` the name ``dst``.
@@ -681,6 +734,8 @@ class Store(driver.Store):
 
     def _rename_and_drop(self, ioctx, pool, src, dst, aside):
         try:
+            if not _image_exists(ioctx, src):
+                raise _missing(src)       # never let librbd's rename fail to open src
             rbd.RBD().rename(ioctx, src, dst)
         except rbd.ImageExists as e:
             if aside is not None:
@@ -757,8 +812,7 @@ class Store(driver.Store):
         pool = self._pool_of(loc)
         with self._ioctx(pool, "stat", loc.image) as ioctx:
             try:
-                with rbd.Image(ioctx, loc.image, snapshot=loc.snapshot,
-                               read_only=True) as image:
+                with _open_image(ioctx, loc.image, loc.snapshot) as image:
                     return image.stat()["size"]
             except rbd.ImageNotFound as e:
                 msg = "RBD image %s does not exist" % loc.get_uri()
@@ -800,7 +854,7 @@ class Store(driver.Store):
                     _WRITING.discard(tmp)
                 raise
             try:
-                with rbd.Image(ioctx, tmp) as image:
+                with _open_image(ioctx, tmp, read_only=False) as image:
                     current = image_size
                     resize_amount = chunk_size
                     offset = 0
@@ -872,7 +926,7 @@ class Store(driver.Store):
                 if name.startswith(HIDDEN_PREFIX):
                     continue
                 try:
-                    with rbd.Image(ioctx, name, read_only=True) as image:
+                    with _open_image(ioctx, name) as image:
                         infos.append(self._info(image, name))
                 except rbd.ImageNotFound:
                     continue             # removed since the listing
@@ -882,7 +936,7 @@ class Store(driver.Store):
         loc = location.store_location
         pool = self._pool_of(loc)
         with self._ioctx(pool, "stat", loc.image) as ioctx:
-            with rbd.Image(ioctx, loc.image, snapshot=loc.snapshot, read_only=True) as image:
+            with _open_image(ioctx, loc.image, loc.snapshot) as image:
                 return self._info(image, loc.image)
 
     def read(self, location, offset, length):
@@ -895,7 +949,7 @@ class Store(driver.Store):
                     return b""
                 return handle.image.read(offset, min(length, handle.size - offset))
         with self._ioctx(pool, "read", loc.image) as ioctx:
-            with rbd.Image(ioctx, loc.image, snapshot=loc.snapshot, read_only=True) as image:
+            with _open_image(ioctx, loc.image, loc.snapshot) as image:
                 size = image.size()
                 if offset >= size or length <= 0:
                     return b""
@@ -905,7 +959,7 @@ class Store(driver.Store):
         loc = location.store_location
         pool = self._pool_of(loc)
         with self._ioctx(pool, "read metadata", loc.image) as ioctx:
-            with rbd.Image(ioctx, loc.image, read_only=True) as image:
+            with _open_image(ioctx, loc.image) as image:
                 meta = {key[len(META_PREFIX):]: value
                         for key, value in image.metadata_list()
                         if key.startswith(META_PREFIX)}
@@ -931,7 +985,7 @@ class Store(driver.Store):
         loc = location.store_location
         pool = self._pool_of(loc)
         with self._ioctx(pool, "write metadata", loc.image, write=True) as ioctx:
-            with rbd.Image(ioctx, loc.image) as image:
+            with _open_image(ioctx, loc.image, read_only=False) as image:
                 for key, value in meta.items():
                     if value is None:
                         with contextlib.suppress(KeyError):
@@ -991,7 +1045,7 @@ class Store(driver.Store):
                 if name_host == host and pid != me and _pid_alive(pid):
                     continue
                 try:
-                    with rbd.Image(ioctx, name, read_only=True) as image:
+                    with _open_image(ioctx, name) as image:
                         watchers = list(image.watchers_list())
                         changed = self._timestamp_ns(image)
                 except rbd.ImageNotFound:
@@ -1005,6 +1059,8 @@ class Store(driver.Store):
                     continue
                 if prefix == OLD_PREFIX and not self._exists(ioctx, image_id):
                     try:
+                        if not _image_exists(ioctx, name):
+                            continue
                         rbd.RBD().rename(ioctx, name, image_id)
                         done.append("rbd store %s: restored %s/%s as %s (a replace did "
                                     "not finish)" % (self.backend_group, pool, name, image_id))

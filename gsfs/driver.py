@@ -125,6 +125,14 @@ def _check_chunk(chunk):
     raise exceptions.Invalid("Image data chunks must be bytes, not %s" % type(chunk).__name__)
 
 
+def read_range(offset, length):
+    """``(offset, length)`` of a read() as ints; Invalid if either is negative."""
+    offset, length = int(offset), int(length)
+    if offset < 0 or length < 0:
+        raise exceptions.Invalid("Invalid read: offset %d, length %d" % (offset, length))
+    return offset, length
+
+
 class SizeChecker:
     """glance_store's size rules: 0 means unknown; overflow fails before the
     chunk is written ("Size exceeds"), underflow after the last ("Size mismatch")."""

@@ -668,9 +668,7 @@ class Store(driver.Store):
         return _image_info(self._image_id_of(location), size, mtime_ns)
 
     def read(self, location, offset, length):
-        offset, length = int(offset), int(length)
-        if offset < 0 or length < 0:
-            raise exceptions.Invalid("Invalid read: offset %d, length %d" % (offset, length))
+        offset, length = driver.read_range(offset, length)
         if length == 0:
             return b""
         opened = self._open_range(location.store_location, offset, length, "read")

@@ -1059,9 +1059,7 @@ class Store(driver.Store):
 
     def read(self, location, offset, length):
         """``length`` bytes at ``offset``; shorter only at the end, b'' after it."""
-        offset, length = int(offset), int(length)
-        if offset < 0 or length < 0:
-            raise exceptions.Invalid("Invalid read: offset %d, length %d" % (offset, length))
+        offset, length = driver.read_range(offset, length)
         if length == 0:
             return b""
         client = self._get_client()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.mounts import remove_rbd_image
+
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -257,18 +259,6 @@ def test_rbd_2gib_unknown_size_bounded_rss(ceph):
                 assert not [n for n in rbd.RBD().list(ioctx) if n.startswith("..gsfs-")]
             finally:
                 for name in (image_id, image_id + "-baseline"):
-                    try:
-                        ioctx.stat("rbd_id." + name)     # never open a missing image:
-                    except rados.ObjectNotFound:         # librbd 16.2 may crash later
-                        continue
-                    try:
-                        with rbd.Image(ioctx, name) as img:
-                            for snap in list(img.list_snaps()):
-                                if img.is_protected_snap(snap["name"]):
-                                    img.unprotect_snap(snap["name"])
-                                img.remove_snap(snap["name"])
-                        rbd.RBD().remove(ioctx, name)
-                    except rbd.ImageNotFound:
-                        pass
+                    remove_rbd_image(ioctx, name)
     finally:
         client.shutdown()

@@ -164,6 +164,17 @@ def _quote(value):
 # image removed between the stat and the open) still reaches a failing open.
 # tests/test_rbd_driver.py::test_missing_images_never_reach_a_failing_open.
 
+def _close_quietly(image, ioctx):
+    """Close an image, then its ioctx (never the other way round: librbd would
+    use a destroyed ioctx); either may be None."""
+    if image is not None:
+        with contextlib.suppress(Exception):
+            image.close()
+    if ioctx is not None:
+        with contextlib.suppress(Exception):
+            ioctx.close()
+
+
 def _image_exists(ioctx, name):
     """Whether image ``name`` exists, without opening it: format 2 images have
     an ``rbd_id.<name>`` object (removed by rename, trash_move and remove),
@@ -270,12 +281,7 @@ class _OpenImage:
         """Close the image, then its ioctx (never the other way round: librbd
         would use a destroyed ioctx)."""
         image, ioctx, self.image, self.ioctx = self.image, self.ioctx, None, None
-        if image is not None:
-            with contextlib.suppress(Exception):
-                image.close()
-        if ioctx is not None:
-            with contextlib.suppress(Exception):
-                ioctx.close()
+        _close_quietly(image, ioctx)
 
     def __del__(self):
         # a store dropped without close(): finalizers run before the garbage
@@ -553,12 +559,7 @@ class Store(driver.Store):
             image = _open_image(ioctx, name, snapshot)
             handle = _OpenImage(key, cluster, ioctx, image)
         except BaseException as e:
-            if image is not None:
-                with contextlib.suppress(Exception):
-                    image.close()
-            if ioctx is not None:
-                with contextlib.suppress(Exception):
-                    ioctx.close()
+            _close_quietly(image, ioctx)
             self._release(cluster, isinstance(e, (rados.Error, rbd.Error))
                           and _is_connection_error(e))
             if isinstance(e, rados.ObjectNotFound) and ioctx is None:

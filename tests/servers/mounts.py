@@ -202,14 +202,22 @@ def rbd_pool(ceph):
         yield ceph.pool
         with cluster.open_ioctx(ceph.pool) as ioctx:
             for name in set(rbd.RBD().list(ioctx)) - before:
-                _remove_rbd_image(ioctx, name)
+                remove_rbd_image(ioctx, name)
     finally:
         cluster.shutdown()
 
 
-def _remove_rbd_image(ioctx, name):
+def remove_rbd_image(ioctx, name):
+    """Remove image ``name`` and its snapshots, if it exists. Existence is checked
+    with a RADOS stat first: a failed open makes librbd 16.2 crash the process
+    later (see gsfs/drivers/rbd.py)."""
+    import rados
     import rbd
 
+    try:
+        ioctx.stat("rbd_id." + name)
+    except rados.ObjectNotFound:
+        return
     try:
         with rbd.Image(ioctx, name) as image:
             for snap in list(image.list_snaps()):

@@ -48,6 +48,10 @@ class ImageInfo(typing.NamedTuple):
     size: int
     mtime: typing.Optional[float] = None
     mtime_ns: typing.Optional[int] = None   # exact, where the backend has it
+    # opaque token that changes whenever the image's bytes may have changed
+    # (s3: ETag + LastModified, rbd: image id, file: inode + size); the
+    # filesystem drops cached checksums of an image whose version changed
+    version: typing.Optional[str] = None
 
 
 def format_mtime_ns(ns):

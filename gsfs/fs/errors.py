@@ -1,11 +1,27 @@
-"""The one place where a store exception becomes an errno.
+"""The one error funnel: every failure of a FUSE request becomes one errno here.
 
-Every handler that calls into a driver goes through ``to_errno``; the log line
-names the operation, the path, the store and the backend's message, so an
-operator can tell from the log alone what failed and why.
+``funnel`` wraps every pyfuse3 handler of ``Operations`` (operations.py applies
+it to each name in ``HANDLERS``). Whatever a handler raises leaves it as a
+``pyfuse3.FUSEError``, so no request can end the daemon (pyfuse3 stops its
+main loop on any other exception):
+
+* ``FUSEError`` (a refusal, already logged by ``refuse``, or an errno a session
+  already reported): passed on, counted;
+* gsfs/glance_store exceptions, ``BackendException``, ``OSError``: mapped by
+  ``errno_of`` (``_ERRNO_MAP``, then ``OSError.errno``), one log line naming
+  the operation, the path, the store and the cause, counted;
+* anything else (a bug): ``EIO``, logged once with its traceback, counted.
+
+Background work (uploads, the spool's delayed commit, readahead) is started
+through ``Operations.spawn``, which reports its failures with ``report`` the
+same way instead of letting them cancel the daemon's nursery.
+
+``Failures`` holds the counts per store and operation, for ``gsfs status``
+and the metrics.
 """
 
 import errno
+import functools
 import logging
 
 import pyfuse3
@@ -14,8 +30,9 @@ from gsfs import exceptions
 
 LOG = logging.getLogger("gsfs.fs")
 
+
 class ChecksumMismatch(exceptions.Invalid):
-    """The data written does not have the checksum the writer announced."""
+    """The data written does not have the checksum (or size) the writer announced."""
 
 
 # Most specific class first: the first isinstance match wins.
@@ -34,9 +51,12 @@ _ERRNO_MAP = (
     (exceptions.HasSnapshot, errno.EBUSY),
 )
 
+# Expected exceptions: mapped and logged in one line, without a traceback.
+KNOWN = (exceptions.GlanceStoreException, exceptions.BackendException, OSError)
 
-class FSError(pyfuse3.FUSEError):
-    """A FUSEError that remembers why, for the log line."""
+# Answers that are not failures: a name that does not exist, an attribute not set.
+NORMAL = {("lookup", errno.ENOENT), ("getxattr", errno.ENODATA),
+          ("rename", errno.EXDEV)}
 
 
 def errno_of(exc):
@@ -50,16 +70,74 @@ def errno_of(exc):
     return errno.EIO
 
 
-def to_fuse_error(exc, op, path, store=None, level=logging.ERROR):
-    """Log one line for a failed operation and return the FUSEError to raise."""
+class Failures:
+    """Failed requests and background jobs, per store and operation."""
+
+    def __init__(self):
+        self.counts = {}            # (store or "-", op) → n
+
+    def count(self, store, op):
+        key = (store or "-", op)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def per_store(self):
+        out = {}
+        for (store, op), n in sorted(self.counts.items()):
+            out.setdefault(store, {})[op] = n
+        return out
+
+    def total(self, store):
+        return sum(n for (s, _op), n in self.counts.items() if s == store)
+
+
+def _name(code):
+    return errno.errorcode.get(code, str(code))
+
+
+def report(exc, op, path, store=None, failures=None, level=logging.ERROR):
+    """Log one line for a failure (with the traceback if it is not an expected
+    kind), count it, and return its errno."""
     code = errno_of(exc)
-    LOG.log(level, "%s %s failed: %s (store %s): %s: %s", op, path, errno.errorcode.get(
-        code, code), store or "-", type(exc).__name__, exc)
-    return pyfuse3.FUSEError(code)
+    if failures is not None:
+        failures.count(store, op)
+    if isinstance(exc, pyfuse3.FUSEError):
+        return code
+    if isinstance(exc, KNOWN):
+        LOG.log(level, "%s %s failed: %s (store %s): %s: %s", op, path, _name(code),
+                store or "-", type(exc).__name__, exc)
+    else:
+        LOG.error("%s %s failed: %s (store %s): unexpected %s: %s", op, path, _name(code),
+                  store or "-", type(exc).__name__, exc, exc_info=exc)
+    return code
+
+
+def to_fuse_error(exc, op, path, store=None, failures=None, level=logging.ERROR):
+    """``report`` and return the FUSEError to raise."""
+    return pyfuse3.FUSEError(report(exc, op, path, store, failures, level))
 
 
 def refuse(code, op, path, why, store=None, level=logging.WARNING):
     """Log why a syscall is refused (and what to do) and return the FUSEError."""
-    LOG.log(level, "%s %s refused: %s (store %s): %s", op, path,
-            errno.errorcode.get(code, code), store or "-", why)
+    LOG.log(level, "%s %s refused: %s (store %s): %s", op, path, _name(code),
+            store or "-", why)
     return pyfuse3.FUSEError(code)
+
+
+def funnel(op, method):
+    """Wrap handler ``method`` of Operations: every exception becomes one errno.
+    ``self.describe(op, args)`` names the path and store for the log line."""
+
+    @functools.wraps(method)
+    async def handler(self, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError as e:
+            if (op, e.errno) not in NORMAL:
+                path, store = self.describe(op, args)
+                self.failures.count(store, op)
+            raise
+        except Exception as e:  # noqa: BLE001 - nothing may end the daemon
+            path, store = self.describe(op, args)
+            raise to_fuse_error(e, op, path, store, self.failures) from None
+
+    return handler

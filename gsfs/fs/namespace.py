@@ -36,7 +36,7 @@ class Image:
     """One file: an image in a store, committed or pending."""
 
     __slots__ = ("ino", "store_dir", "name", "size", "mtime_ns", "committed", "session",
-                 "meta", "checked_at", "open_count", "pending_mtime_ns")
+                 "meta", "checked_at", "open_count", "pending_mtime_ns", "version")
 
     def __init__(self, ino, store_dir, name, size=0, mtime_ns=None, committed=True):
         self.ino = ino
@@ -50,6 +50,7 @@ class Image:
         self.checked_at = time.monotonic()
         self.open_count = 0
         self.pending_mtime_ns = None  # utimens on a pending image, applied at commit
+        self.version = None        # ImageInfo.version last seen (None: not known)
 
     @property
     def path(self):
@@ -159,12 +160,19 @@ class Namespace:
         image = store_dir.entries.get(info.id)
         if image is None:
             image = self.new_image(store_dir, info.id, info.size, mtime_ns)
+            image.version = info.version
         elif image.committed:
-            if image.size != info.size:
-                image.meta = None  # replaced behind our back: forget its checksums
+            if image.size != info.size or (info.version is not None and
+                                            image.version != info.version):
+                # another object under the name (replaced by another host, or the
+                # winner of a race with this mount's own upload; after this mount's
+                # own commit the version is not known yet): the cached checksums
+                # may describe other bytes, so they are read again
+                image.meta = None
             image.size = info.size
-            if mtime_ns is not None and not (image.meta and "mtime" in image.meta):
-                image.mtime_ns = mtime_ns
+            image.version = info.version
+            if mtime_ns is not None:
+                image.mtime_ns = mtime_ns   # the store's (stored) mtime wins
         image.checked_at = now
         return image
 

@@ -9,8 +9,15 @@
     getxattr/setxattr       → xattrs (checksums: stored metadata, or one full read)
     statfs                  → store.capacity()
 
+Every handler named in ``HANDLERS`` is wrapped by ``errors.funnel``: whatever
+it raises becomes one errno, logged once and counted per store and operation
+(``self.failures``), and nothing can end the daemon. Handlers only raise;
+they do not catch store errors themselves. Background work (uploads, the
+spool's delayed commit, readahead) is started with ``spawn``, which reports
+failures the same way.
+
 Blocking calls run in worker threads (Namespace.run, bounded by worker_threads;
-uploads by max_uploads); errors become errnos in fs/errors.py.
+uploads by max_uploads).
 """
 
 import errno
@@ -35,16 +42,17 @@ RSYNC_TEMP = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
 class Handle:
     """An open file: what it reads from and writes to."""
 
-    __slots__ = ("fh", "image", "session", "reader", "writable", "created", "flushed")
+    __slots__ = ("fh", "image", "session", "reader", "writable", "created", "pid")
 
-    def __init__(self, fh, image, session=None, reader=None, writable=False, created=False):
+    def __init__(self, fh, image, session=None, reader=None, writable=False, created=False,
+                 pid=None):
         self.fh = fh
         self.image = image
         self.session = session
         self.reader = reader
         self.writable = writable
         self.created = created     # this open created the session (it commits it)
-        self.flushed = False
+        self.pid = pid             # the opener: its fate decides a commit
 
 
 class Stats:
@@ -55,7 +63,8 @@ class Stats:
 
     def count(self, store_id, key, n=1):
         counters = self.per_store.setdefault(
-            store_id, {"bytes_in": 0, "bytes_out": 0, "errors": 0, "uploads": 0, "deletes": 0})
+            store_id, {"bytes_in": 0, "bytes_out": 0, "uploads": 0, "failed_uploads": 0,
+                       "deletes": 0})
         counters[key] = counters.get(key, 0) + n
 
 
@@ -85,6 +94,7 @@ class Operations(pyfuse3.Operations):
         self.downloads = set()
         self.spool_used = 0
         self.stats = Stats()
+        self.failures = errors.Failures()
         self.accepting_writes = True
         self.checksum_locks = {}
         self.mountpoint = None
@@ -111,6 +121,45 @@ class Operations(pyfuse3.Operations):
 
     async def _run(self, func, *args):
         return await self.namespace.run(func, *args)
+
+    def spawn(self, func, what, *args):
+        """Start background work in the daemon's nursery; its failure is
+        reported (logged once, counted), never raised into the nursery."""
+
+        async def guarded():
+            try:
+                await func(*args)
+            except pyfuse3.FUSEError:
+                pass  # a session's errno: reported where it arose
+            except Exception as e:  # noqa: BLE001 - nothing may end the daemon
+                errors.report(e, "background", what, None, self.failures)
+
+        self.nursery.start_soon(guarded, name=what)
+
+    def describe(self, op, args):
+        """(path, store id) a request is about, for the funnel's log line."""
+        try:
+            first = args[0] if args else None
+            if op in BY_NAME:
+                node = self._node(first)
+                name = _name(args[1])
+                if isinstance(node, StoreDir):
+                    return "%s/%s" % (node.store_id, name), node.store_id
+                return name, None
+            if op in BY_FH:
+                h = self.handles.get(first)
+                if h is not None:
+                    return h.image.path, h.image.store_dir.store_id
+                return "fh %s" % first, None
+            if op in BY_INODE:
+                node = self._node(first)
+                if isinstance(node, Image):
+                    return node.path, node.store_dir.store_id
+                if isinstance(node, StoreDir):
+                    return node.store_id, node.store_id
+            return "/", None
+        except Exception:  # noqa: BLE001 - describing must never fail
+            return "?", None
 
     def _writable_dir(self, d, op, path):
         if d.read_only:
@@ -139,10 +188,7 @@ class Operations(pyfuse3.Operations):
         d = self._node(parent_inode)
         if not isinstance(d, StoreDir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        try:
-            image = await self.namespace.lookup(d, name)
-        except exceptions.GlanceStoreException as e:
-            raise errors.to_fuse_error(e, "lookup", "%s/%s" % (d.store_id, name), d.store_id) from e
+        image = await self.namespace.lookup(d, name)
         if image is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.namespace.attrs(image)
@@ -154,8 +200,11 @@ class Operations(pyfuse3.Operations):
                 not self.namespace._fresh(node.checked_at):
             try:
                 await self.namespace.lookup(node.store_dir, node.name)
-            except exceptions.GlanceStoreException as e:
-                LOG.debug("getattr %s: refresh failed: %s", node.path, e)
+            except errors.KNOWN as e:
+                # the attributes known are served; the next request asks again
+                LOG.warning("getattr %s: the store could not be asked (%s: %s); serving "
+                            "the attributes cached %.0f s ago", node.path,
+                            type(e).__name__, e, time.monotonic() - node.checked_at)
         return self.namespace.attrs(node)
 
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -193,11 +242,8 @@ class Operations(pyfuse3.Operations):
                                 "the store cannot store a modification time", d.store_id)
         store = d.store
         text = driver.format_mtime_ns(mtime_ns)
-        try:
-            await self._run(lambda: store.set_image_meta(store.location_for(image.name),
-                                                         {"mtime": text}))
-        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-            raise errors.to_fuse_error(e, "utimens", image.path, d.store_id) from e
+        await self._run(lambda: store.set_image_meta(store.location_for(image.name),
+                                                     {"mtime": text}))
         image.mtime_ns = mtime_ns
         if image.meta is not None:
             image.meta["mtime"] = text
@@ -218,10 +264,7 @@ class Operations(pyfuse3.Operations):
                 nodes = [self.namespace.store_dirs[k] for k in sorted(self.namespace.store_dirs)]
             else:
                 d = self._node(inode)
-                try:
-                    entries = await self.namespace.list_dir(d)
-                except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-                    raise errors.to_fuse_error(e, "readdir", d.store_id, d.store_id) from e
+                entries = await self.namespace.list_dir(d)
                 nodes = [entries[k] for k in sorted(entries)]
             snapshot = [(os.fsencode(getattr(n, "name", None) or n.store_id), n) for n in nodes]
             self.dir_handles[fh] = (inode, snapshot)
@@ -274,10 +317,7 @@ class Operations(pyfuse3.Operations):
         self._validate_name(d, name, "create")
         existing = d.entries.get(name)
         if existing is None or existing.committed:
-            try:
-                existing = await self.namespace.lookup(d, name)
-            except exceptions.GlanceStoreException as e:
-                raise errors.to_fuse_error(e, "create", path, d.store_id) from e
+            existing = await self.namespace.lookup(d, name)
         replace = False
         if existing is not None:
             if existing.pending or not self.settings.allow_replace:
@@ -290,12 +330,13 @@ class Operations(pyfuse3.Operations):
         else:
             image = self.namespace.new_image(d, name, committed=False)
         session = self._new_session(image, flags, replace)
-        return self._open_handle(image, session, writable=True, created=True), \
+        return self._open_handle(image, session, writable=True, created=True, pid=ctx.pid), \
             self.namespace.attrs(image)
 
-    def _open_handle(self, image, session=None, reader=None, writable=False, created=False):
+    def _open_handle(self, image, session=None, reader=None, writable=False, created=False,
+                     pid=None):
         fh = self._fh()
-        self.handles[fh] = Handle(fh, image, session, reader, writable, created)
+        self.handles[fh] = Handle(fh, image, session, reader, writable, created, pid)
         image.open_count += 1
         if isinstance(session, SpoolSession):
             session.opened()
@@ -311,7 +352,7 @@ class Operations(pyfuse3.Operations):
         session = image.session
         if session is not None:
             if isinstance(session, SpoolSession) and not session.committing:
-                return self._open_handle(image, session, writable=writable)
+                return self._open_handle(image, session, writable=writable, pid=ctx.pid)
             raise errors.refuse(errno.EBUSY, "open", image.path,
                                 "the image is being written (uploads have one writer and "
                                 "can be read once committed)", d.store_id)
@@ -323,7 +364,8 @@ class Operations(pyfuse3.Operations):
                                         "images are immutable (mount with -o allow_replace "
                                         "to replace them atomically)", d.store_id)
                 session = self._new_session(image, flags, replace=True)
-                return self._open_handle(image, session, writable=True, created=True)
+                return self._open_handle(image, session, writable=True, created=True,
+                                         pid=ctx.pid)
         reader = ReadSession(self, image) if accmode != os.O_WRONLY else None
         return self._open_handle(image, reader=reader, writable=writable)
 
@@ -337,13 +379,25 @@ class Operations(pyfuse3.Operations):
 
     async def flush(self, fh):
         h = self.handles.get(fh)
-        if h is None or not h.created or not isinstance(h.session, StreamSession):
+        if h is None or h.session is None:
+            return
+        session = h.session
+        if isinstance(session, SpoolSession):
+            session.closed_by(h.pid)
+            return
+        if not h.created:
+            return
+        # A writer being killed, or exiting non-zero, closes its files in the
+        # kernel's exit path: that flush is not the end of a finished copy.
+        why = session.writer_failure(h.pid)
+        if why is not None:
+            await session.abandon("its writer " + why)
             return
         # Only a flush after data was written commits: a shell's close of its
         # copy of the descriptor before the command writes must not publish an
         # empty image. Otherwise the release commits (errors then only logged).
-        if h.session.wrote:
-            await h.session.commit()
+        if session.wrote:
+            await session.commit()
 
     async def fsync(self, fh, datasync):
         h = self.handles.get(fh)
@@ -366,6 +420,10 @@ class Operations(pyfuse3.Operations):
         if isinstance(session, SpoolSession):
             session.released()
         elif isinstance(session, StreamSession) and h.created and not session.done.is_set():
+            why = session.writer_failure(h.pid)   # a zombie still tells
+            if why is not None:
+                await session.abandon("its writer " + why)
+                return
             try:
                 await session.commit()
             except pyfuse3.FUSEError:
@@ -378,10 +436,7 @@ class Operations(pyfuse3.Operations):
             return await h.session.read(offset, size)
         if h.reader is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        try:
-            data = await h.reader.read(offset, size)
-        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-            raise errors.to_fuse_error(e, "read", h.image.path, h.image.store_dir.store_id) from e
+        data = await h.reader.read(offset, size)
         self.stats.count(h.image.store_dir.store_id, "bytes_out", len(data))
         return data
 
@@ -398,10 +453,7 @@ class Operations(pyfuse3.Operations):
             self.namespace.drop(image)
             return
         store = d.store
-        try:
-            await self._run(lambda: store.delete(store.location_for(name)))
-        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-            raise errors.to_fuse_error(e, "unlink", path, d.store_id) from e
+        await self._run(lambda: store.delete(store.location_for(name)))
         self.stats.count(d.store_id, "deletes")
         LOG.info("Deleted %s", path)
         if image is not None:
@@ -452,10 +504,7 @@ class Operations(pyfuse3.Operations):
                                 "the image is still being uploaded; rename it after close",
                                 d.store_id)
         store = d.store
-        try:
-            await self._run(lambda: store.rename(store.location_for(old), new, replace=replace))
-        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-            raise errors.to_fuse_error(e, "rename", path, d.store_id) from e
+        await self._run(lambda: store.rename(store.location_for(old), new, replace=replace))
         self._rename_node(image, new, target)
         LOG.info("Renamed %s to %s/%s", path, d.store_id, new)
 
@@ -473,11 +522,7 @@ class Operations(pyfuse3.Operations):
         if xattrs.is_fast_refusal(name):
             raise pyfuse3.FUSEError(errno.ENODATA)
         node = self._node(inode)
-        try:
-            value = await xattrs.get(self, node, _name(name))
-        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
-            raise errors.to_fuse_error(e, "getxattr %s" % _name(name),
-                                       getattr(node, "path", "/")) from e
+        value = await xattrs.get(self, node, _name(name))
         return value.encode()
 
     async def listxattr(self, inode, ctx):
@@ -508,9 +553,8 @@ class Operations(pyfuse3.Operations):
             # rsync -X removes the attributes its source lacks: gsfs's own ones are
             # computed, so this is a no-op (as setxattr of them is), except that an
             # expected checksum of a file being written is forgotten
-            key = xattrs.EXPECTED.get(name)
-            if key and isinstance(node, Image) and node.session is not None:
-                node.session.guard.expected.pop(key, None)
+            if isinstance(node, Image) and node.session is not None:
+                xattrs.forget_expected(node.session.guard, name)
             return
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
@@ -560,8 +604,8 @@ class Operations(pyfuse3.Operations):
             return  # kept in memory for this mount (e.g. the http store)
         try:
             await self._run(lambda: store.set_image_meta(store.location_for(image.name), meta))
-        except (exceptions.GlanceStoreException, exceptions.BackendException,
-                NotImplementedError) as e:
+        except errors.KNOWN + (NotImplementedError,) as e:
+            # computed and served from memory; the next mount computes them again
             LOG.warning("Checksums of %s computed but not stored: %s", image.path, e)
 
     # -- filesystem ----------------------------------------------------------------------
@@ -572,7 +616,7 @@ class Operations(pyfuse3.Operations):
         for d in self.namespace.store_dirs.values():
             try:
                 cap = await self._run(d.store.capacity)
-            except Exception as e:  # capacity is advisory
+            except Exception as e:  # noqa: BLE001 - capacity is advisory
                 LOG.debug("capacity of %s: %s", d.store_id, e)
                 cap = None
             if cap and tuple(cap) not in seen:
@@ -615,9 +659,12 @@ class Operations(pyfuse3.Operations):
         stores = []
         for store_id in sorted(self.namespace.store_dirs):
             d = self.namespace.store_dirs[store_id]
+            counters = dict(self.stats.per_store.get(store_id, {}))
+            counters["errors"] = self.failures.total(store_id)
             stores.append({"id": store_id, "type": d.store.STORE_TYPE,
                            "read_only": d.read_only, "weight": d.store.weight,
-                           "counters": self.stats.per_store.get(store_id, {})})
+                           "counters": counters,
+                           "failures": self.failures.per_store().get(store_id, {})})
         return {"pid": os.getpid(), "mountpoint": self.mountpoint,
                 "uptime_s": round(time.time() - self.started, 1),
                 "stores": stores,
@@ -625,4 +672,18 @@ class Operations(pyfuse3.Operations):
                 "pending_spooled": [s.status() for s in list(self.spools)
                                     if s not in self.uploads],
                 "downloads": [r.status() for r in list(self.downloads)],
+                "failures": self.failures.per_store(),
                 "spool_used_bytes": self.spool_used}
+
+
+# Operations' pyfuse3 handlers, by what their first argument names (for the
+# funnel's log line). Each one is wrapped by errors.funnel below.
+BY_NAME = ("lookup", "create", "mkdir", "rmdir", "symlink", "mknod", "unlink", "rename")
+BY_INODE = ("getattr", "setattr", "open", "opendir", "getxattr", "setxattr", "listxattr",
+            "removexattr", "link")
+BY_FH = ("read", "write", "flush", "fsync", "release", "readdir", "releasedir")
+HANDLERS = BY_NAME + BY_INODE + BY_FH + ("statfs", "forget")
+
+for _op in HANDLERS:
+    setattr(Operations, _op, errors.funnel(_op, getattr(Operations, _op)))
+del _op

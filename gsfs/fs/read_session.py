@@ -118,7 +118,7 @@ class ReadSession:
                 and self.current.end < self.size:
             start = self.current.end
             self.ahead = _Block(start, min(self.readahead, self.size - start))
-            self.fs.nursery.start_soon(self._fetch, self.ahead)
+            self.fs.spawn(self._fetch, "readahead %s" % self.image.path, self.ahead)
         data = b"".join(parts)
         self.bytes_out += len(data)
         if self.hasher is not None and self.hash_pos >= self.size:

@@ -25,6 +25,10 @@ OPTS = [
                       "uploaded, so a writer that reopens it (qemu-img) keeps writing."),
     cfg.IntOpt("upload_queue_mib", default=8, min=1,
                help="MiB of written data queued per open file before write() waits."),
+    cfg.IntOpt("reorder_window_mib", default=16, min=1,
+               help="MiB of writes that arrived ahead of the stream (O_DIRECT writers "
+                    "have several in flight) held per open file until the bytes before "
+                    "them arrive."),
     cfg.IntOpt("readahead_mib", default=8, min=0,
                help="MiB read ahead per open file on sequential reads."),
     cfg.FloatOpt("cache_ttl", default=5.0, min=0,
@@ -81,6 +85,7 @@ class Settings:
         self.spool_max = g.spool_max_mib * 1024 * 1024
         self.spool_commit_delay = g.spool_commit_delay
         self.upload_queue = g.upload_queue_mib * 1024 * 1024
+        self.reorder_window = g.reorder_window_mib * 1024 * 1024
         self.readahead = g.readahead_mib * 1024 * 1024
         self.cache_ttl = g.cache_ttl
         self.worker_threads = g.worker_threads

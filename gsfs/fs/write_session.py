@@ -6,21 +6,33 @@ Two kinds of session, chosen at open (docs/SEMANTICS.md):
 while the file is written. write() hands data to a bounded trio channel
 (``upload_queue_mib``), which the driver's add() reads from in a worker thread
 through ``UploadPipe``; when the channel is full, write() waits (backpressure),
-so the memory of an open file is bounded. Forward gaps and an extending
-ftruncate are zero-filled; a write behind the current end is refused (EINVAL).
-The opener's flush/fsync (or the release, if it never wrote before a flush)
-ends the stream and waits for the backend: the errno of a failed add() is
-returned there, and the driver has already removed the partial image.
+so the memory of an open file is bounded. Writes that arrive ahead of the
+stream (O_DIRECT writers have several in flight) wait in a reorder window of
+``reorder_window_mib``; a gap is zero-filled (a hole) only when the window is
+full and nothing is being written at the stream position, at an extending
+ftruncate, or at the commit. The opener's flush/fsync (or the release, if it
+never wrote before a flush) ends the stream and waits for the backend: the
+errno of a failed add() is returned there, and the driver has already removed
+the partial image.
 
 ``SpoolSession`` (opened read-write, as qemu-img does): writes and reads go to
 a local spool file (bounded by ``spool_dir`` / ``spool_max_mib``), any order,
 any number of opens; ``spool_commit_delay`` seconds after the last close the
 spool file is uploaded with its exact size.
 
-Expected checksums set with setxattr (user.glance.checksum /
-user.glance.os_hash_value) are checked by ``CommitGuard`` after the last byte
-and before the driver publishes the image; a mismatch aborts the add, so
-nothing is committed.
+What stops a commit, on both kinds (nothing is published, a replaced image
+stays as it was):
+
+* the writer's fate: at every flush, the opener's /proc/PID/stat is read
+  (gsfs/process.py ``exit_state``); a writer that is being killed by a signal
+  or exits non-zero closes its files in the kernel's exit path, and that close
+  is not a finished copy (``abandon`` / ``closed_by``);
+* poison: after a write, truncate or fsync failed (a write the reorder window
+  cannot place, a full spool, a spool I/O error), the upload is aborted and
+  every later write and the close fail with that errno (``poison``);
+* what the writer announced with setxattr: ``user.glance.checksum`` /
+  ``user.glance.os_hash_value`` and ``user.glance.size`` are checked by
+  ``CommitGuard`` after the last byte and before the driver publishes.
 """
 
 import errno
@@ -32,7 +44,7 @@ import time
 import pyfuse3
 import trio
 
-from gsfs import driver, exceptions
+from gsfs import driver, exceptions, process
 from gsfs.fs import errors
 from gsfs.fs.errors import ChecksumMismatch
 
@@ -46,12 +58,14 @@ class UploadAborted(Exception):
 
 
 class CommitGuard:
-    """The ``verifier`` given to add(): holds the expected checksums and, through
-    the driver's ImageHasher (which attaches itself), checks them at end of data."""
+    """The ``verifier`` given to add(): holds what the writer announced (checksums
+    set with setxattr, and ``user.glance.size``) and, through the driver's
+    ImageHasher (which attaches itself), checks it at end of data."""
 
     def __init__(self):
         self.hasher = None
         self.expected = {}      # 'checksum' / 'os_hash_value' → lower-case hex
+        self.expected_size = None
 
     def attach_hasher(self, hasher):
         self.hasher = hasher
@@ -59,10 +73,17 @@ class CommitGuard:
     def update(self, chunk):
         """Called by the driver for every chunk; the hasher does the work."""
 
+    def check_size(self, size):
+        if self.expected_size is not None and self.expected_size != size:
+            raise ChecksumMismatch(
+                "size mismatch: user.glance.size was set to %d, the data written has %d "
+                "bytes" % (self.expected_size, size))
+
     def check_before_publish(self, delivered):
         """At end of data, in the upload thread: raise ChecksumMismatch if the
-        digests differ. Returns False if the driver's digests are not complete
-        yet (the result is then checked after add() returns)."""
+        size or digests differ. Returns False if the driver's digests are not
+        complete yet (the result is then checked after add() returns)."""
+        self.check_size(delivered)
         if not self.expected:
             return True
         if self.hasher is None or self.hasher.size != delivered:
@@ -116,7 +137,7 @@ class UploadPipe:
 
 class _Session:
     """What both kinds share: the commit that publishes the image, its result
-    and error, and the bookkeeping the status channel reports."""
+    and error, the writers' fate, and the bookkeeping the status channel reports."""
 
     kind = None
 
@@ -129,6 +150,8 @@ class _Session:
         self.done = trio.Event()
         self.errno = None
         self.error = None
+        self.poisoned = None        # why the upload may not publish (a failed write...)
+        self.forget_name = True     # after a failure, make the kernel forget the name
         self.started = time.time()
         self.uploaded_bytes = 0     # what has gone to the backend (for status)
 
@@ -136,12 +159,26 @@ class _Session:
     def store(self):
         return self.image.store_dir.store
 
+    @property
+    def store_id(self):
+        return self.image.store_dir.store_id
+
     def status(self):
         elapsed = max(time.time() - self.started, 1e-6)
         return {"path": self.image.path, "kind": self.kind, "bytes": self.size,
                 "uploaded": self.uploaded_bytes,
                 "rate_bytes_per_s": int(self.uploaded_bytes / elapsed),
                 "seconds": round(elapsed, 1)}
+
+    @staticmethod
+    def writer_failure(pid):
+        """Why the writer ``pid`` must not commit (it is being killed or exits
+        non-zero: its close is the kernel's cleanup, not a finished copy), or
+        None. A pid that is gone or cannot be read tells nothing: None."""
+        if not pid:
+            return None
+        state = process.exit_state(pid)
+        return state.describe() if state.failed else None
 
     def _add(self, data, size):
         """In the upload thread: add the image, check it, store its metadata."""
@@ -151,6 +188,7 @@ class _Session:
             self.image.name, data, size, algo, verifier=self.guard, replace=self.replace)
         loc = store.location_for(self.image.name)
         try:
+            self.guard.check_size(nbytes)
             self.guard.compare(checksum, hash_value)
         except ChecksumMismatch:
             # the driver's digests were not complete at end of data: undo the add
@@ -178,22 +216,25 @@ class _Session:
         image.session = None
         image.size = nbytes
         image.meta = dict(meta)
+        image.version = None        # unknown until the store is asked again
         image.mtime_ns = image.pending_mtime_ns or time.time_ns()
         image.pending_mtime_ns = None
         image.checked_at = time.monotonic()
-        self.fs.stats.count(image.store_dir.store_id, "bytes_in", nbytes)
+        self.fs.stats.count(self.store_id, "bytes_in", nbytes)
+        self.fs.stats.count(self.store_id, "uploads")
         LOG.info("Committed %s: %d bytes at %s", image.path, nbytes, _safe_uri(uri))
 
     def _fail(self, exc):
         self.error = exc
         if isinstance(exc, UploadAborted):
-            LOG.info("Upload of %s aborted: %s", self.image.path, exc)
-            self.errno = errno.EIO
+            code = self.errno or errno.EIO
+            LOG.info("Upload of %s aborted, nothing was published: %s", self.image.path, exc)
         else:
-            err = errors.to_fuse_error(exc, "upload", self.image.path,
-                                       self.image.store_dir.store_id)
-            self.errno = err.errno
-            self.fs.stats.count(self.image.store_dir.store_id, "errors", 1)
+            code = errors.report(exc, "upload", self.image.path, self.store_id,
+                                 self.fs.failures)
+        if self.errno is None:
+            self.errno = code
+        self.fs.stats.count(self.store_id, "failed_uploads")
         if self.image.session is self:
             self.image.session = None
             self.fs.namespace.drop(self.image)
@@ -204,9 +245,9 @@ class _Session:
         still find the image that was never committed. invalidate_entry blocks
         until related requests (an unlink waiting for this session...) are done:
         it runs in a thread, abandoned after the entry timeout (the kernel has
-        forgotten the name by then anyway). Not after an abort: unlink and
-        shutdown abort, and the kernel's unlink forgets the name itself."""
-        if isinstance(self.error, UploadAborted) or \
+        forgotten the name by then anyway). Not after an unlink or a shutdown
+        (``forget_name`` False): the kernel's unlink forgets the name itself."""
+        if not self.forget_name or \
                 self.image.store_dir.entries.get(self.image.name) is self.image:
             return
         parent, name = self.image.store_dir.ino, os.fsencode(self.image.name)
@@ -214,7 +255,7 @@ class _Session:
         def invalidate():
             try:
                 pyfuse3.invalidate_entry(parent, name)
-            except OSError as e:  # ENOENT: the kernel did not know the name
+            except Exception as e:  # noqa: BLE001 - ENOENT: the kernel did not know it
                 LOG.debug("invalidate_entry %s: %s", self.image.path, e)
 
         with trio.move_on_after(1.0):
@@ -226,6 +267,18 @@ class _Session:
 
 
 class StreamSession(_Session):
+    """A write-only file streamed to the store while it is written.
+
+    ``pos`` is where the stream has got to (every byte before it is claimed,
+    in order, for the upload queue); writes ahead of it wait in ``window``
+    (offset → bytes, at most ``reorder_window`` bytes) until the bytes before
+    them arrive: with O_DIRECT (dd oflag=direct) the kernel has several writes
+    of one write(2) in flight and they reach gsfs in any order. A gap is a
+    hole, zero-filled, only when the window is full and no write at the
+    stream position is under way, at an extending truncate, or at the commit.
+    Claims are made without awaiting and sent under a fair lock, so the queue
+    gets the bytes in file order."""
+
     kind = "stream"
 
     def __init__(self, fs, image, replace):
@@ -235,10 +288,17 @@ class StreamSession(_Session):
         self.pipe = UploadPipe(receive, self.guard)
         self.wrote = False
         self.closing = False
+        self.pos = 0
+        self.window = {}
+        self.window_bytes = 0
+        self.window_max = fs.settings.reorder_window
+        self.feeding = 0            # tasks sending (or about to send) at the stream
+        self.send_lock = trio.Lock()
+        self.progress = trio.Event()
 
     def start(self):
         self.fs.uploads.add(self)
-        self.fs.nursery.start_soon(self._run)
+        self.fs.spawn(self._run, "upload %s" % self.image.path)
 
     async def _run(self):
         try:
@@ -253,25 +313,85 @@ class StreamSession(_Session):
             self.pipe.recv.close()
             self.fs.uploads.discard(self)
             self.done.set()
+            self._moved()
 
+    # -- writing -------------------------------------------------------------
     async def write(self, offset, data):
         self.raise_if_failed()
         if self.closing:
             raise errors.refuse(errno.EBADF, "write", self.image.path,
                                 "the image was already committed by flush/fsync; "
                                 "reopen is not possible for an immutable image")
-        if offset < self.size:
-            raise errors.refuse(
-                errno.EINVAL, "write", self.image.path,
-                "out-of-order write at offset %d after %d bytes were streamed; files "
-                "opened write-only are uploaded as they are written. Open the file "
-                "read-write (spooled) or copy with cp/dd/rsync" % (offset, self.size),
-                self.image.store_dir.store_id)
-        if offset > self.size:
-            await self._zero_fill(offset - self.size)
-        await self._send(data)
+        data = bytes(data)
         self.wrote = True
-        return len(data)
+        while True:
+            self.raise_if_failed()
+            if offset < self.pos or self._overlaps_window(offset, len(data)):
+                raise await self.poison(
+                    errno.EINVAL, "write at offset %d of %d bytes overlaps bytes already "
+                    "written (%d streamed, %d waiting in the reorder window); files opened "
+                    "write-only are uploaded as they are written, once. Open the file "
+                    "read-write (spooled) to rewrite parts of it"
+                    % (offset, len(data), self.pos, self.window_bytes))
+            if offset == self.pos:
+                await self._claim_and_send([data])
+                return len(data)
+            if self.window_bytes + len(data) <= self.window_max:
+                self.window[offset] = data
+                self.window_bytes += len(data)
+                self.size = max(self.size, offset + len(data))
+                return len(data)
+            if self.feeding == 0:
+                # the window is full and nothing can fill the gap: it is a hole
+                await self._claim_and_send([])
+            else:
+                await self._wait_moved()
+
+    def _overlaps_window(self, offset, length):
+        end = offset + length
+        return any(o < end and offset < o + len(d) for o, d in self.window.items())
+
+    async def _claim_and_send(self, pieces):
+        """Claim ``pieces`` (contiguous from pos; empty: zero-fill up to the
+        window's first piece), then every window piece that has become
+        contiguous, and send them in order."""
+        claimed = []
+        if not pieces and self.window:
+            first = min(self.window)
+            claimed.append(first - self.pos)        # an int: that many zero bytes
+            LOG.debug("%s: a hole of %d bytes at offset %d", self.image.path,
+                      first - self.pos, self.pos)
+            self.pos = first
+        for piece in pieces:
+            claimed.append(piece)
+            self.pos += len(piece)
+        while self.pos in self.window:
+            piece = self.window.pop(self.pos)
+            claimed.append((piece,))               # a tuple: from the window
+            self.pos += len(piece)
+        self.size = max(self.size, self.pos)
+        self.feeding += 1
+        try:
+            async with self.send_lock:
+                for item in claimed:
+                    if isinstance(item, int):
+                        await self._zero_fill(item)
+                    elif isinstance(item, tuple):
+                        await self._send(item[0])
+                        self.window_bytes -= len(item[0])
+                    else:
+                        await self._send(item)
+                    self._moved()
+        finally:
+            self.feeding -= 1
+            self._moved()
+
+    def _moved(self):
+        self.progress.set()
+        self.progress = trio.Event()
+
+    async def _wait_moved(self):
+        await self.progress.wait()
 
     async def _zero_fill(self, length):
         while length > 0:
@@ -281,38 +401,91 @@ class StreamSession(_Session):
 
     async def _send(self, data):
         try:
-            await self.send.send(bytes(data))
+            await self.send.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.done.wait()
             self.raise_if_failed()
             raise pyfuse3.FUSEError(errno.EIO) from None
-        self.size += len(data)
         self.uploaded_bytes = self.pipe.delivered
 
+    async def _drain_window(self):
+        while self.window:
+            await self._claim_and_send([])
+        while self.feeding:
+            await self._wait_moved()
+
     async def truncate(self, size):
-        if size == self.size:
+        self.raise_if_failed()
+        if size >= self.size:
+            await self._drain_window()
+            if size > self.pos:
+                self.feeding += 1
+                try:
+                    async with self.send_lock:
+                        gap, self.pos = size - self.pos, size
+                        self.size = size
+                        await self._zero_fill(gap)
+                finally:
+                    self.feeding -= 1
+                    self._moved()
+            # data now: the opener's flush commits (cp of an all-hole file)
+            self.wrote = True
             return
-        if size > self.size:
-            await self._zero_fill(size - self.size)
-            self.wrote = True   # data now: the opener's flush commits (cp of an all-hole file)
-            return
-        raise errors.refuse(errno.EINVAL, "truncate", self.image.path,
-                            "cannot shrink a streaming upload from %d to %d bytes"
-                            % (self.size, size), self.image.store_dir.store_id)
+        raise await self.poison(errno.EINVAL, "cannot shrink a streaming upload from %d to "
+                                "%d bytes" % (self.size, size))
+
+    # -- ending ---------------------------------------------------------------
+    async def poison(self, code, reason):
+        """A write, truncate or fsync failed: the upload is aborted (the driver
+        removes what it wrote), later writes and the close fail with ``code``,
+        nothing is published. Returns the FUSEError to raise."""
+        err = errors.refuse(code, "write", self.image.path,
+                            reason + "; the upload is abandoned and nothing is published",
+                            self.store_id)
+        if self.errno is None and not self.done.is_set():
+            self.errno = code
+            self.poisoned = reason
+            self.pipe.aborted = reason
+            self.closing = True
+            self.window.clear()
+            await self.send.aclose()
+        return err
 
     async def commit(self):
         """End the stream and wait until the backend has the image (or failed)."""
         if not self.closing:
+            self.raise_if_failed()
+            await self._drain_window()
+            if self.guard.expected_size is not None and self.guard.expected_size != self.size:
+                raise await self.poison(
+                    errno.EIO, "size mismatch: user.glance.size was set to %d, %d bytes were "
+                    "written" % (self.guard.expected_size, self.size))
             self.closing = True
             await self.send.aclose()
         await self.done.wait()
         self.raise_if_failed()
 
+    async def abandon(self, reason):
+        """The writer is dying: publish nothing, leave a replaced image intact."""
+        if self.done.is_set() or self.errno is not None:
+            return
+        LOG.warning("Upload of %s abandoned, nothing is published: %s", self.image.path,
+                    reason)
+        self.fs.failures.count(self.store_id, "commit")
+        self.errno = errno.EIO
+        await self._stop(reason)
+
     async def abort(self, reason):
+        """Unlink or shutdown: stop the upload, publish nothing."""
         if self.done.is_set():
             return
+        self.forget_name = False
+        await self._stop(reason)
+
+    async def _stop(self, reason):
         self.pipe.aborted = reason
         self.closing = True
+        self.window.clear()
         await self.send.aclose()
         await self.done.wait()
 
@@ -337,28 +510,43 @@ class SpoolSession(_Session):
     def _grow(self, new_size):
         growth = new_size - self.size
         if growth > 0 and self.fs.spool_used + growth > self.fs.settings.spool_max:
-            raise errors.refuse(
-                errno.ENOSPC, "write", self.image.path,
-                "the spool is full: %d of %d bytes in use (raise spool_max_mib or free "
-                "space in %s)" % (self.fs.spool_used, self.fs.settings.spool_max,
-                                  self.fs.settings.spool_dir),
-                self.image.store_dir.store_id)
+            raise self.poison(
+                errno.ENOSPC, "write", "the spool is full: %d of %d bytes in use (raise "
+                "spool_max_mib or free space in %s)" % (
+                    self.fs.spool_used, self.fs.settings.spool_max, self.fs.settings.spool_dir))
         self.fs.spool_used += growth
         self.size = max(self.size, new_size) if growth > 0 else new_size
+
+    def poison(self, code, op, reason):
+        """A write, truncate or fsync of the spool failed, or a writer died: the
+        spooled image will never be uploaded; writes and closes fail with
+        ``code``; the spool is removed at the last close. Returns the FUSEError."""
+        err = errors.refuse(code, op, self.image.path,
+                            reason + "; the spooled image is discarded, nothing is published",
+                            self.store_id)
+        if self.poisoned is None:
+            self.poisoned = reason
+            self.errno = code
+        return err
+
+    async def _spool_io(self, op, func, *args):
+        try:
+            return await self._run(func, *args)
+        except OSError as e:
+            raise self.poison(e.errno or errno.EIO, op, "the spool file %s: %s"
+                              % (self.path, e)) from None
 
     async def write(self, offset, data):
         self._check_writable()
         end = offset + len(data)
         if end > self.size:
             self._grow(end)
-        try:
-            await self._run(os.pwrite, self.fd, data, offset)
-        except OSError as e:
-            raise errors.to_fuse_error(e, "write (spool)", self.image.path,
-                                       self.image.store_dir.store_id) from e
+        await self._spool_io("write (spool)", os.pwrite, self.fd, data, offset)
         return len(data)
 
     async def read(self, offset, length):
+        if self.fd is None:
+            raise pyfuse3.FUSEError(self.errno or errno.EIO)
         return await self._run(os.pread, self.fd, length, offset)
 
     async def truncate(self, size):
@@ -368,15 +556,25 @@ class SpoolSession(_Session):
         else:
             self.fs.spool_used -= self.size - size
             self.size = size
-        await self._run(os.ftruncate, self.fd, size)
+        await self._spool_io("truncate (spool)", os.ftruncate, self.fd, size)
 
     async def fsync(self):
-        await self._run(os.fsync, self.fd)
+        self.raise_if_failed()
+        await self._spool_io("fsync (spool)", os.fsync, self.fd)
 
     def _check_writable(self):
+        self.raise_if_failed()
         if self.committing:
             raise errors.refuse(errno.EBUSY, "write", self.image.path,
-                                "the image is being uploaded", self.image.store_dir.store_id)
+                                "the image is being uploaded", self.store_id)
+
+    def closed_by(self, pid):
+        """The flush of one of its handles: a writer that dies poisons the
+        image; a poisoned image's close returns the error."""
+        why = self.writer_failure(pid)
+        if why is not None and not self.committing:
+            self.poison(errno.EIO, "close", "its writer " + why)
+        self.raise_if_failed()
 
     def opened(self):
         self.handles += 1
@@ -387,7 +585,22 @@ class SpoolSession(_Session):
     def released(self):
         self.handles -= 1
         if self.handles == 0 and not self.committing:
-            self.fs.nursery.start_soon(self._commit_later)
+            if self.poisoned is not None:
+                self._discard_poisoned()
+            else:
+                self.fs.spawn(self._commit_later, "upload %s" % self.image.path)
+
+    def _discard_poisoned(self):
+        self.committing = True
+        LOG.warning("Spooled image %s discarded, nothing was published: %s",
+                    self.image.path, self.poisoned)
+        self.fs.failures.count(self.store_id, "upload")
+        self.fs.stats.count(self.store_id, "failed_uploads")
+        self._discard()
+        if self.image.session is self:
+            self.image.session = None
+            self.fs.namespace.drop(self.image)
+        self.done.set()
 
     async def _commit_later(self):
         with trio.CancelScope() as scope:
@@ -395,7 +608,10 @@ class SpoolSession(_Session):
             await trio.sleep(self.fs.settings.spool_commit_delay)
             self.commit_scope = None
             if self.handles == 0:
-                await self.commit()
+                try:
+                    await self.commit()
+                except pyfuse3.FUSEError:
+                    pass  # logged and counted by the session
 
     async def commit(self):
         """Upload the spool file now (the last close + delay, unmount, or a
@@ -404,6 +620,9 @@ class SpoolSession(_Session):
             await self.done.wait()
             self.raise_if_failed()
             return
+        if self.poisoned is not None:
+            self._discard_poisoned()
+            self.raise_if_failed()
         self.committing = True
         if self.commit_scope is not None:
             self.commit_scope.cancel()
@@ -422,6 +641,7 @@ class SpoolSession(_Session):
         self.raise_if_failed()
 
     def _upload(self):
+        self.guard.check_size(self.size)   # before a byte goes to the store
         with open(self.path, "rb") as f:
             reader = _CountingReader(f, self)
             return self._add(reader, self.size)
@@ -431,6 +651,7 @@ class SpoolSession(_Session):
             await self.done.wait()
             return
         self.committing = True
+        self.forget_name = False
         LOG.info("Spooled image %s discarded: %s", self.image.path, reason)
         self._discard()
         self.errno = errno.EIO
@@ -456,6 +677,8 @@ class _CountingReader:
     def read(self, n=-1):
         data = self.f.read(n)
         self.session.uploaded_bytes += len(data)
+        if not data:    # end of data: check what was announced before publishing
+            self.session.guard.check_before_publish(self.session.uploaded_bytes)
         return data
 
 

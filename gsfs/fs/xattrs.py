@@ -1,6 +1,7 @@
 """Extended attributes: Glance's image fields, the stores' properties, control.
 
-On an image (read-only, except the expected checksums on a file being written):
+On an image (read-only, except what a writer announces on a file being written:
+the checksums and the size, checked before the image is published):
     user.glance.checksum        md5 hex (Glance's ``checksum``)
     user.glance.os_hash_algo    e.g. sha512
     user.glance.os_hash_value   the multihash hex
@@ -38,7 +39,7 @@ STORE = "user.glance.store"
 LOCATION = "user.glance.location"
 IMAGE_NAMES = (CHECKSUM, HASH_ALGO, HASH_VALUE, SIZE, STORE, LOCATION)
 # accepted and ignored on a file being written, so cp -a / mv of an image exit 0
-INFORMATIONAL = (HASH_ALGO, SIZE, STORE, LOCATION)
+INFORMATIONAL = (HASH_ALGO, STORE, LOCATION)
 EXPECTED = {CHECKSUM: "checksum", HASH_VALUE: "os_hash_value"}
 
 DIR_NAMES = ("user.glance.store_type", "user.glance.store_description",
@@ -112,10 +113,33 @@ async def _image_value(fs, image, name):
     return value
 
 
+def forget_expected(guard, name):
+    """removexattr of an announced value on a file being written."""
+    if name == SIZE:
+        guard.expected_size = None
+    elif name in EXPECTED:
+        guard.expected.pop(EXPECTED[name], None)
+
+
 def set_on_image(image, name, value):
-    """setxattr on an image. Expected checksums are recorded on a file being
-    written and checked before commit; informational names are accepted and
-    ignored; anything else is refused with ENOTSUP."""
+    """setxattr on an image. Expected checksums and size are recorded on a
+    file being written and checked before commit; informational names are
+    accepted and ignored; anything else is refused with ENOTSUP."""
+    if name == SIZE:
+        try:
+            want = int(value.strip())
+        except ValueError:
+            raise errors.refuse(errno.EINVAL, "setxattr", image.path, "%s must be a number "
+                                "of bytes, not %r" % (name, value),
+                                image.store_dir.store_id) from None
+        if image.session is not None:
+            image.session.guard.expected_size = want
+            return
+        if want == image.size:
+            return
+        raise errors.refuse(errno.EEXIST, "setxattr", image.path, "%s of a committed image "
+                            "cannot change (it is %d)" % (name, image.size),
+                            image.store_dir.store_id)
     if name in EXPECTED:
         key = EXPECTED[name]
         want = value.strip().lower()

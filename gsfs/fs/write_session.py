@@ -457,9 +457,11 @@ class StreamSession(_Session):
             self.raise_if_failed()
             await self._drain_window()
             if self.guard.expected_size is not None and self.guard.expected_size != self.size:
-                raise await self.poison(
+                err = await self.poison(
                     errno.EIO, "size mismatch: user.glance.size was set to %d, %d bytes were "
                     "written" % (self.guard.expected_size, self.size))
+                await self.done.wait()      # the driver has removed what it wrote
+                raise err
             self.closing = True
             await self.send.aclose()
         await self.done.wait()

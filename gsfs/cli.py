@@ -212,12 +212,16 @@ def cmd_status(args):
         return 0
     print("gsfs at %s: pid %d, up %.0f s, spool %s" % (
         status["mountpoint"], status["pid"], status["uptime_s"], _size(status["spool_used_bytes"])))
-    print("%-24s %-5s %-3s %12s %12s %7s" % ("STORE", "TYPE", "RO", "IN", "OUT", "ERRORS"))
+    print("%-24s %-5s %-3s %12s %12s %7s %7s" % ("STORE", "TYPE", "RO", "IN", "OUT",
+                                                 "FAILED", "ERRORS"))
     for s in status["stores"]:
         c = s["counters"]
-        print("%-24s %-5s %-3s %12s %12s %7d" % (
+        print("%-24s %-5s %-3s %12s %12s %7d %7d" % (
             s["id"], s["type"], "ro" if s["read_only"] else "rw", _size(c.get("bytes_in", 0)),
-            _size(c.get("bytes_out", 0)), c.get("errors", 0)))
+            _size(c.get("bytes_out", 0)), c.get("failed_uploads", 0), c.get("errors", 0)))
+    for store_id, ops in sorted(status.get("failures", {}).items()):
+        print("errors   %s: %s" % (store_id, ", ".join(
+            "%s %d" % (op, n) for op, n in sorted(ops.items()))))
     for u in status["uploads"]:
         left = ""
         if u["kind"] == "spool" and u["rate_bytes_per_s"]:

@@ -16,6 +16,11 @@ def render(status):
     for store in status["stores"]:
         lines.append('gsfs_store_errors_total{store="%s"} %d'
                      % (store["id"], store["counters"].get("errors", 0)))
+    lines += ["# HELP gsfs_failures_total Failed requests and uploads per store and operation.",
+              "# TYPE gsfs_failures_total counter"]
+    for store_id, ops in sorted(status.get("failures", {}).items()):
+        for op, n in sorted(ops.items()):
+            lines.append('gsfs_failures_total{store="%s",op="%s"} %d' % (store_id, op, n))
     lines += ["# HELP gsfs_uploads_in_flight Uploads under way.",
               "# TYPE gsfs_uploads_in_flight gauge",
               "gsfs_uploads_in_flight %d" % len(status["uploads"]),

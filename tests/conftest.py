@@ -1,1 +1,2 @@
-pytest_plugins = ["tests.servers.fixtures", "tests.servers.http_fixtures", "tests.servers.mounts"]
+pytest_plugins = ["tests.servers.fixtures", "tests.servers.http_fixtures", "tests.servers.mounts",
+                  "tests.servers.faultproxy"]

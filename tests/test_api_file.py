@@ -948,6 +948,36 @@ def test_stat_image_and_read_at_offsets(stores, fast):
     assert (slurp(data), n) == (b"23456", 5)
 
 
+def test_version_follows_the_file_not_its_metadata(stores, fast):
+    add_file("fast", "img", DATA)
+    loc = fast.location_for("img")
+    st = os.stat(stores.fast / "img")
+    version = fast.stat_image(loc).version
+    write_id = os.getxattr(stores.fast / "img", filesystem.VERSION_XATTR).decode()
+    assert version == "%d:%d:%d:%s" % (st.st_dev, st.st_ino, st.st_size, write_id)
+    assert [i.version for i in fast.list_images()] == [version]
+    fast.set_image_meta(loc, {"mtime": "1000000000.5", "checksum": "abc"})   # utime, xattrs
+    assert fast.stat_image(loc).version == version
+    assert [i.version for i in fast.list_images()] == [version]
+    assert filesystem.VERSION_XATTR[len("user."):] not in fast.get_image_meta(loc)
+    loc = fast.rename(loc, "moved")                       # the same bytes: the same version
+    assert fast.stat_image(loc).version == version
+    # deleted and added again with the same id and size: ext4 reuses the freed
+    # inode, the write id tells the two files apart
+    multi_backend.delete(loc.get_store_uri(), "fast")
+    add_file("fast", "moved", DATA)
+    again = fast.stat_image(loc).version
+    assert again != version
+    assert [i.version for i in fast.list_images()] == [again]
+    fast.add_image("moved", io.BytesIO(DATA), len(DATA), replace=True)
+    assert fast.stat_image(loc).version not in (version, again)
+    # a file gsfs did not write: inode and size only
+    (stores.fast / "foreign").write_bytes(b"xyz")
+    st = os.stat(stores.fast / "foreign")
+    assert fast.stat_image(fast.location_for("foreign")).version == "%d:%d:3" % (
+        st.st_dev, st.st_ino)
+
+
 def _meta_roundtrip(store, loc, path):
     store.set_image_meta(loc, {"checksum": "abc", "os_hash_algo": "sha512",
                                "os_hash_value": "f00", "mtime": "1000000000.5"})
@@ -1003,7 +1033,12 @@ def test_image_meta_and_rename_without_xattrs(glance, ramfs):
     store = multi_backend.get_store_from_store_identifier("ram")
     uri = add_file("ram", "img", b"data")[0]
     loc = store.location_for("img")
+    st = os.stat(ramfs / "img")
+    version = "%d:%d:%d" % (st.st_dev, st.st_ino, st.st_size)   # no xattr, no write id
+    assert store.stat_image(loc).version == version
     _meta_roundtrip(store, loc, ramfs / "img")
+    assert store.stat_image(loc).version == version
+    assert [i.version for i in store.list_images()] == [version]
     assert sorted(os.listdir(ramfs)) == [".gsfs-meta.img.json", "img"]
     assert [i.id for i in store.list_images()] == ["img"]
     new = store.rename(loc, "renamed")

@@ -768,6 +768,35 @@ def test_meta_survives_rename_and_vanishes_with_delete(store, ioctx):
         purge(ioctx, b)
 
 
+def test_version_is_the_rbd_image_id(store, ioctx):
+    a, b = new_id(), new_id()
+    data = os.urandom(4096)
+    try:
+        store.add_image(a, io.BytesIO(data), len(data))
+        loc = store.location_for(a)
+        with rbd.Image(ioctx, a, read_only=True) as img:
+            version = img.id()
+        assert version and store.stat_image(loc).version == version
+        assert {i.id: i.version for i in store.list_images()}[a] == version
+        store.set_image_meta(loc, {"mtime": "1000.5", "note": "n"})
+        store.set_image_meta(loc, {"checksum": "c0ffee"})
+        assert store.stat_image(loc).version == version
+        assert {i.id: i.version for i in store.list_images()}[a] == version
+        loc = store.rename(loc, b)                         # the same bytes
+        assert store.stat_image(loc).version == version
+        # deleted and added again under the same name, with the same bytes
+        multi_backend.delete(loc.get_store_uri(), "ceph")
+        store.add_image(b, io.BytesIO(data), len(data))
+        again = store.stat_image(loc).version
+        assert again and again != version
+        assert {i.id: i.version for i in store.list_images()}[b] == again
+        store.add_image(b, io.BytesIO(data), len(data), replace=True)
+        assert store.stat_image(loc).version not in (version, again)
+    finally:
+        purge(ioctx, a)
+        purge(ioctx, b)
+
+
 def test_rename_duplicate_and_replace(store, ioctx):
     a, b = new_id(), new_id()
     da, db = os.urandom(MiB), os.urandom(2 * MiB)

@@ -151,7 +151,7 @@ def test_configured_store(cloud):
                 capabilities.BitMasks.DRIVER_REUSABLE, capabilities.BitMasks.RENAME_COPY):
         assert store.is_capable(cap)
     assert store.description == "radosgw"
-    assert store.max_id_length == 1000
+    assert store.max_id_length == 974                     # see test_longest_id_fits_every_key
     assert store.capacity() is None
     assert set(multi_backend.get_known_schemes_for_multi_store()) == {"s3", "s3+http", "s3+https"}
     # reusable: one instance and one client
@@ -704,14 +704,267 @@ def test_cleanup_leftovers(cloud, s3conf):
     s3conf(gsfs_s3_leftover_age_hours=0.0001)
     store = multi_backend.get_store_from_store_identifier("cloud")
     done = store.cleanup_leftovers()
-    assert len(done) == 2
+    assert len(done) == 3
     assert any(dangling["UploadId"] in d and "dangling" in d for d in done)
     assert any(s3.META_PREFIX + "orphan" in d for d in done)
+    assert "wrote the mtime index of 1 image(s) in s3://%s from their metadata sidecars" % (
+        cloud.bucket) in done                          # "kept": added, no set_image_meta
     assert [u["Key"] for u in uploads(cloud)] == ["not/an/image"]
     assert head(cloud, s3.META_PREFIX + "kept") is not None
     assert store.cleanup_leftovers() == []
     cloud.client.abort_multipart_upload(Bucket=cloud.bucket, Key="not/an/image",
                                          UploadId=other["UploadId"])
+
+
+# ---------------------------------------------------------------- mtime index, version
+
+def index_keys(cloud, image_id=None):
+    """The mtime index keys in the bucket (of one image)."""
+    prefix = s3.MTIME_PREFIX + ("" if image_id is None else image_id + "/")
+    pages = cloud.client.get_paginator("list_objects_v2").paginate(
+        Bucket=cloud.bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", ()))
+
+
+def remount(s3conf):
+    """A new driver instance for the same bucket, as after a remount."""
+    before = multi_backend.get_store_from_store_identifier("cloud")
+    s3conf()
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    assert store is not before
+    return store
+
+
+def count_requests(store):
+    """The operation names of the HTTP requests ``store``'s client sends from now on."""
+    sent = []
+
+    def before_send(event_name, **kwargs):
+        sent.append(event_name.rsplit(".", 1)[-1])
+
+    store._get_client().meta.events.register("before-send.s3", before_send)
+    return sent
+
+
+def object_tag(cloud, key):
+    return s3._object_tag(head(cloud, key))
+
+
+def test_list_images_shows_the_stored_mtime_after_a_remount(cloud, s3conf):
+    add(cloud, "touched", io.BytesIO(SMALL), 0)
+    add(cloud, "plain", io.BytesIO(BIG), len(BIG))            # multipart: an ETag "...-3"
+    loc = cloud.store.location_for("touched")
+    cloud.store.set_image_meta(loc, {"mtime": "1600000000.123456789", "note": "x"})
+    assert index_keys(cloud, "touched") == [s3._index_key(
+        "touched", 1_600_000_000_123_456_789, object_tag(cloud, "touched"))]
+    store = remount(s3conf)
+    infos = {i.id: i for i in store.list_images()}
+    assert set(infos) == {"touched", "plain"}            # the index keys are no images
+    assert infos["touched"].mtime_ns == 1_600_000_000_123_456_789
+    assert infos["touched"].mtime == 1_600_000_000.123456789
+    plain_lm = s3._mtime_ns(head(cloud, "plain")["LastModified"])
+    assert infos["plain"].mtime_ns == plain_lm           # no stored mtime: LastModified
+    for image_id, info in infos.items():
+        assert info.version == object_tag(cloud, image_id)
+        assert store.stat_image(store.location_for(image_id)) == info    # stat agrees
+    assert store.get_image_meta(store.location_for("touched"))["mtime"] == \
+        "1600000000.123456789"
+
+
+def test_set_image_meta_replaces_the_index_key(cloud):
+    store = cloud.store
+    add(cloud, "m", io.BytesIO(SMALL), 0)
+    loc = store.location_for("m")
+    tag = object_tag(cloud, "m")
+    assert index_keys(cloud) == []          # add leaves the image and its sidecar only
+    # not an index key (no "<ns>.<hash>"): never touched by gsfs
+    foreign = s3.MTIME_PREFIX + "m/README"
+    cloud.client.put_object(Bucket=cloud.bucket, Key=foreign, Body=b"not gsfs's")
+    # no mtime in the metadata: the index says LastModified, as get_image_meta
+    store.set_image_meta(loc, {"note": "n"})
+    assert index_keys(cloud) == sorted([foreign, s3._index_key(
+        "m", s3._mtime_ns(head(cloud, "m")["LastModified"]), tag)])
+    cloud.client.delete_object(Bucket=cloud.bucket, Key=foreign)
+    store.set_image_meta(loc, {"mtime": "1000.5"})
+    assert index_keys(cloud) == [s3._index_key("m", 1000_500_000_000, tag)]
+    assert store.get_image_meta(loc)["mtime"] == "1000.500000000"        # normalized
+    store.set_image_meta(loc, {"note": "the mtime stays"})
+    assert index_keys(cloud) == [s3._index_key("m", 1000_500_000_000, tag)]
+    store.set_image_meta(loc, {"mtime": "-1.25"})                         # before 1970
+    assert index_keys(cloud) == [s3._index_key("m", -1_250_000_000, tag)]
+    assert {i.id: i.mtime_ns for i in store.list_images()} == {"m": -1_250_000_000}
+    for bad in ("yesterday", "1e400", str(2 ** 64)):
+        with pytest.raises(exceptions.Invalid):
+            store.set_image_meta(loc, {"mtime": bad})
+    assert index_keys(cloud) == [s3._index_key("m", -1_250_000_000, tag)]
+
+
+def test_version_changes_with_the_object_not_with_metadata(cloud):
+    store = cloud.store
+    add(cloud, "v", io.BytesIO(b"first"), 5)
+    loc = store.location_for("v")
+    version = store.stat_image(loc).version
+    assert version and [i.version for i in store.list_images()] == [version]
+    store.set_image_meta(loc, {"mtime": "1234.0", "note": "n"})
+    store.set_image_meta(loc, {"checksum": "c0ffee"})
+    assert store.stat_image(loc).version == version
+    assert [i.version for i in store.list_images()] == [version]
+    cloud.client.put_object(Bucket=cloud.bucket, Key="v", Body=b"other")    # same size
+    assert store.stat_image(loc).version != version
+    assert [i.version for i in store.list_images()] == [store.stat_image(loc).version]
+
+
+def test_stale_mtime_index_is_ignored(cloud, s3conf):
+    """The object is overwritten behind gsfs's back (glance_store, boto3):
+    the index key of the old object must not give the new one its mtime."""
+    add(cloud, "again", io.BytesIO(b"old contents"), 0)
+    cloud.store.set_image_meta(cloud.store.location_for("again"),
+                               {"mtime": "1500000000.000000000"})
+    old = cloud.store.stat_image(cloud.store.location_for("again"))
+    stale = index_keys(cloud, "again")
+    time.sleep(1.1)
+    cloud.client.put_object(Bucket=cloud.bucket, Key="again", Body=b"new contents")
+    store = remount(s3conf)
+    loc = store.location_for("again")
+    info = {i.id: i for i in store.list_images()}["again"]
+    assert info.mtime_ns == s3._mtime_ns(head(cloud, "again")["LastModified"])
+    assert info.mtime_ns != 1_500_000_000 * 10**9
+    assert info.version != old.version
+    assert store.stat_image(loc) == info
+    assert index_keys(cloud, "again") == stale         # still there, but ignored
+    store.set_image_meta(loc, {"mtime": "1700000000.000000000"})        # starts afresh
+    assert index_keys(cloud, "again") == [s3._index_key(
+        "again", 1_700_000_000 * 10**9, object_tag(cloud, "again"))]
+    assert [i.mtime_ns for i in store.list_images()] == [1_700_000_000 * 10**9]
+
+
+def test_rename_carries_the_indexed_mtime(cloud, s3conf):
+    add(cloud, "src", io.BytesIO(SMALL), 0)
+    add(cloud, "dst", io.BytesIO(b"replaced"), 0)
+    cloud.store.set_image_meta(cloud.store.location_for("src"), {"mtime": "1600000000.5"})
+    cloud.store.rename(cloud.store.location_for("src"), "dst", replace=True)
+    assert index_keys(cloud, "src") == []
+    assert index_keys(cloud) == [s3._index_key("dst", 1_600_000_000_500_000_000,
+                                               object_tag(cloud, "dst"))]
+    store = remount(s3conf)
+    assert [(i.id, i.mtime_ns) for i in store.list_images()] == [
+        ("dst", 1_600_000_000_500_000_000)]
+    assert store.stat_image(store.location_for("dst")).mtime_ns == 1_600_000_000_500_000_000
+
+
+def test_delete_removes_the_mtime_index(cloud):
+    uri = add(cloud, "gone", io.BytesIO(SMALL), 0)[0]
+    cloud.store.set_image_meta(cloud.store.location_for("gone"), {"mtime": "1.0"})
+    assert len(index_keys(cloud, "gone")) == 1
+    multi_backend.delete(uri, "cloud")
+    assert index_keys(cloud) == []
+
+
+def test_cleanup_removes_only_index_keys_without_image(cloud, s3conf):
+    add(cloud, "kept", io.BytesIO(SMALL), 0)
+    cloud.store.set_image_meta(cloud.store.location_for("kept"), {"mtime": "3.0"})
+    kept = index_keys(cloud, "kept")
+    assert len(kept) == 1
+    # an image deleted through glance_store: its sidecar and index key stay behind
+    add(cloud, "ghost", io.BytesIO(b"boo"), 0)
+    cloud.store.set_image_meta(cloud.store.location_for("ghost"), {"mtime": "5.0"})
+    ghost = index_keys(cloud, "ghost")
+    cloud.client.delete_object(Bucket=cloud.bucket, Key="ghost")
+    # the key of an older object of an existing image (ignored, but its image
+    # exists: not cleanup's business), and keys that are not gsfs's
+    stale = s3._index_key("kept", 42, "an older object 1")
+    foreign = [s3.MTIME_PREFIX + "no-leaf", s3.MTIME_PREFIX + "kept/not-an-index-key"]
+    for key in [stale] + foreign:
+        cloud.client.put_object(Bucket=cloud.bucket, Key=key, Body=b"")
+    store = remount(s3conf)
+    done = store.cleanup_leftovers()
+    assert sorted(done) == sorted(
+        ["removed s3://%s/%s: metadata of a missing image" % (cloud.bucket,
+                                                              s3.META_PREFIX + "ghost")]
+        + ["removed s3://%s/%s: mtime index of a missing image" % (cloud.bucket, k)
+           for k in ghost])
+    assert index_keys(cloud) == sorted(kept + [stale] + foreign)
+    assert store.cleanup_leftovers() == []
+    assert [(i.id, i.version) for i in store.list_images()] == [
+        ("kept", object_tag(cloud, "kept"))]
+
+
+def test_cleanup_indexes_sidecars_from_before_the_index(cloud, s3conf):
+    add(cloud, "old", io.BytesIO(SMALL), 0)
+    add(cloud, "no-mtime", io.BytesIO(b"x"), 0)
+    add(cloud, "replaced", io.BytesIO(b"y"), 0)
+    cloud.store.set_image_meta(cloud.store.location_for("old"), {"mtime": "1400000000.25"})
+    cloud.store.set_image_meta(cloud.store.location_for("replaced"), {"mtime": "7.0"})
+    for key in index_keys(cloud):                  # as an earlier gsfs left them
+        cloud.client.delete_object(Bucket=cloud.bucket, Key=key)
+    time.sleep(1.1)
+    cloud.client.put_object(Bucket=cloud.bucket, Key="replaced", Body=b"z")   # stale sidecar
+    store = remount(s3conf)
+    lm = {k: s3._mtime_ns(head(cloud, k)["LastModified"]) for k in ("old", "no-mtime",
+                                                                   "replaced")}
+    assert {i.id: i.mtime_ns for i in store.list_images()} == lm
+    assert store.cleanup_leftovers() == [
+        "wrote the mtime index of 2 image(s) in s3://%s from their metadata sidecars"
+        % cloud.bucket]
+    assert {i.id: i.mtime_ns for i in store.list_images()} == dict(
+        lm, old=1_400_000_000_250_000_000)
+    assert index_keys(cloud, "replaced") == []
+    sent = count_requests(store)
+    assert store.cleanup_leftovers() == []
+    # only the stale sidecar is read again: the others have their index now
+    assert sent.count("GetObject") == 1
+
+
+def test_list_images_needs_two_listings_per_1000_images(cloud, s3conf):
+    """1005 images, each with an index key: 2 + 2 ListObjectsV2, nothing else."""
+    keys = ["img%04d" % i for i in range(1005)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: cloud.client.put_object(Bucket=cloud.bucket, Key=k,
+                                                        Body=k.encode()), keys))
+        pages = cloud.client.get_paginator("list_objects_v2").paginate(Bucket=cloud.bucket)
+        objects = [o for page in pages for o in page["Contents"]]
+        assert len(objects) == len(keys)
+        # what set_image_meta would have written, for each image: mtime = i seconds
+        list(pool.map(lambda o: cloud.client.put_object(
+            Bucket=cloud.bucket, Body=b"", Key=s3._index_key(
+                o["Key"], int(o["Key"][3:]) * 10**9, s3._object_tag(o))), objects))
+    store = remount(s3conf)
+    sent = count_requests(store)
+    infos = store.list_images()
+    assert sent == ["ListObjectsV2"] * 4
+    assert [(i.id, i.mtime_ns) for i in sorted(infos)] == [
+        (k, int(k[3:]) * 10**9) for k in keys]
+    assert all(i.version == s3._object_tag(o) for i, o in zip(sorted(infos), objects,
+                                                             strict=True))
+
+
+def test_longest_id_fits_every_key(cloud):
+    """max_id_length (974 bytes) leaves room for the longest index key."""
+    store = cloud.store
+    for image_id in ("a" * 974, "\u00e9" * 487):
+        assert len(image_id.encode()) == store.max_id_length
+        key = s3._index_key(image_id, -2 ** 63, "any tag")
+        assert len(key.encode()) == s3.MAX_KEY_BYTES
+        add(cloud, image_id, io.BytesIO(b"long"), 4)
+        store.set_image_meta(store.location_for(image_id), {"mtime": "-9223372036.854775808"})
+        assert index_keys(cloud, image_id) == [
+            s3._index_key(image_id, -2 ** 63, object_tag(cloud, image_id))]
+        assert {i.id: i.mtime_ns for i in store.list_images()}[image_id] == -2 ** 63
+        store.delete(store.location_for(image_id))
+    with pytest.raises(exceptions.Invalid):
+        store.location_for("a" * 975)
+
+
+def test_index_keys_parse_back():
+    tag = "d41d8cd98f00b204e9800998ecf8427e-3 1700000000"
+    for image_id, ns in (("x", 0), ("a.b c", -5), ("\u00e9t\u00e9", 2 ** 63 - 1)):
+        key = s3._index_key(image_id, ns, tag)
+        assert s3._parse_index_key(key) == (image_id, ns, s3._tag_hash(tag))
+    for key in (".gsfs-mtime/x", ".gsfs-mtime//1.%s" % ("0" * 16), ".gsfs-mtime/x/1.abc",
+                ".gsfs-mtime/x/+1.%s" % ("0" * 16), ".gsfs-mtime/x/1_0.%s" % ("0" * 16),
+                ".gsfs-mtime/x/y/1.%s" % ("0" * 16), ".gsfs-meta/x",
+                ".gsfs-mtime/x/%d.%s" % (2 ** 63, "0" * 16)):
+        assert s3._parse_index_key(key) is None, key
 
 
 # ---------------------------------------------------------------- buckets, failures

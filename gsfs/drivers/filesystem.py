@@ -16,6 +16,17 @@ extended attributes of the image file, so it moves with rename and vanishes
 with delete; where the filesystem has no user xattrs, in a hidden sidecar file
 ``.gsfs-meta.<id>.json`` next to the image. The modification time is the
 file's own mtime.
+
+ImageInfo.version is ``<st_dev>:<st_ino>:<st_size>:<write id>``: a replace
+(rename over the id) gives the image another inode, and utimens or metadata
+changes touch none of these. The write id is a random token add() stores in
+the ``user.gsfs-version`` xattr of the file it writes (not image metadata, so
+not under ``user.gsfs.``): filesystems such as ext4 give a file written right
+after a delete the inode just freed, so a delete and a re-add of the same id
+and size would otherwise keep the version. Files without it (written by
+glance_store, or on a filesystem without user xattrs) have a version without
+it. Reading it costs one getxattr per image in list_images(), none where
+xattrs are not supported.
 """
 
 import concurrent.futures
@@ -37,6 +48,7 @@ LOG = logging.getLogger(__name__)
 TMP_PREFIX = ".gsfs-tmp."
 META_PREFIX = ".gsfs-meta."
 XATTR_PREFIX = "user.gsfs."
+VERSION_XATTR = "user.gsfs-version"     # the write id in ImageInfo.version
 
 _FILESYSTEM_CONFIGS = [
     cfg.StrOpt("filesystem_store_datadir", default="/var/lib/glance/images",
@@ -444,6 +456,7 @@ class Store(driver.Store):
                     else:
                         f.write(chunk)
                 sizes.finish()
+                self._set_write_id(f.fileno(), datadir)
                 f.flush()
                 os.fsync(f.fileno())
             self._publish(tmp_path, filepath, replace)
@@ -483,6 +496,33 @@ class Store(driver.Store):
             return
         os.unlink(tmp_path)
 
+    # -- ImageInfo.version (see the module docstring) ----------------------------
+    def _set_write_id(self, fd, datadir):
+        if self._xattrs_supported.get(datadir) is False:
+            return
+        try:
+            os.setxattr(fd, VERSION_XATTR, secrets.token_hex(8).encode())
+        except OSError as e:        # optional: the version is then inode and size only
+            LOG.debug("No write id for an image in %s: %s", datadir, e)
+            if e.errno == errno.ENOTSUP:
+                self._xattrs_supported[datadir] = False
+
+    def _version(self, path, st, datadir):
+        version = "%d:%d:%d" % (st.st_dev, st.st_ino, st.st_size)
+        if self._xattrs_supported.get(datadir) is False:
+            return version
+        try:
+            write_id = os.getxattr(path, VERSION_XATTR)
+        except OSError as e:
+            if e.errno == errno.ENOTSUP:
+                self._xattrs_supported[datadir] = False
+            return version
+        return "%s:%s" % (version, write_id.decode("ascii", "replace"))
+
+    def _info(self, path, name, st, datadir):
+        return driver.ImageInfo(name, st.st_size, st.st_mtime, st.st_mtime_ns,
+                                self._version(path, st, datadir))
+
     # -- gsfs extensions -----------------------------------------------------
     def location_for(self, image_id):
         image_id = driver.validate_image_id(image_id, self.max_id_length)
@@ -506,7 +546,7 @@ class Store(driver.Store):
                 if not stat_mod.S_ISREG(st.st_mode):
                     continue
                 seen.add(entry.name)
-                yield driver.ImageInfo(entry.name, st.st_size, st.st_mtime, st.st_mtime_ns)
+                yield self._info(entry.path, entry.name, st, datadir)
 
     def stat_image(self, location):
         path = self._path_of(location)
@@ -514,7 +554,10 @@ class Store(driver.Store):
             st = self._run(os.stat, path)
         except OSError as e:
             raise _os_error(e, "stat", path) from e
-        return driver.ImageInfo(os.path.basename(path), st.st_size, st.st_mtime, st.st_mtime_ns)
+        if not stat_mod.S_ISREG(st.st_mode):
+            # a directory, fifo or device in the datadir is not an image (as in listings)
+            raise exceptions.NotFound(image=path)
+        return self._info(path, os.path.basename(path), st, os.path.dirname(path))
 
     def read(self, location, offset, length):
         path = self._path_of(location)

@@ -24,6 +24,9 @@ What gsfs does differently (docs/compatibility.md):
 
 gsfs image metadata (checksum, os_hash_algo, os_hash_value, mtime) is RBD image
 metadata with keys ``gsfs.<name>``: it moves with rename and vanishes with delete.
+ImageInfo.version is the RBD image id (new for every add or replace, kept by
+rename and by metadata changes), read from the image list_images() and
+stat_image() open anyway.
 """
 
 import contextlib
@@ -794,7 +797,19 @@ class Store(driver.Store):
     def _info(self, image, name):
         ns = self._mtime_ns(image)
         return driver.ImageInfo(name, image.stat()["size"],
-                                None if ns is None else ns / 1e9, ns)
+                                None if ns is None else ns / 1e9, ns, self._version(image))
+
+    @staticmethod
+    def _version(image):
+        """ImageInfo.version of an open image: its RBD image id, which librbd
+        gives every new image (an add, a replace) and which rename keeps; read
+        from the open image (no request), so that size, mtime and version are
+        those of one image even if the name was reused since the listing.
+        None for a format 1 image (it has no id)."""
+        try:
+            return image.id() or None
+        except rbd.Error:
+            return None
 
     # -- glance_store API ----------------------------------------------------
     @capabilities.check

@@ -32,6 +32,46 @@ records which object version it describes (ETag + LastModified), so a sidecar
 left behind by a glance_store delete is ignored, not served as the metadata of
 a new image of the same id; cleanup_leftovers() removes sidecars without image.
 
+The mtime index
+---------------
+A listing must show the stored mtime (set by utimens, kept in the sidecar),
+not LastModified (the upload time), or ``rsync -a`` sends everything again
+after a remount; reading one sidecar per image would cost one GET per image.
+So the image's sidecar has an index: one zero-byte object whose key carries
+the value::
+
+    .gsfs-mtime/<image id>/<mtime ns>.<tag hash>
+
+``<mtime ns>`` is the image's mtime as signed decimal nanoseconds (the stored
+one, else the object's LastModified second, which is what get_image_meta
+reports then), ``<tag hash>`` the first 16 hex digits of the SHA-256 of the
+object tag (ETag + LastModified second) the sidecar records. Image ids never
+contain '/', so ``.gsfs-mtime/<id>/`` lists exactly one image's keys.
+list_images() does one more paginated ListObjectsV2 (prefix ``.gsfs-mtime/``)
+after the image listing: O(1) requests per 1000 images. An index key applies
+only if its tag hash is that of the listed object, so the key of an older
+object of that name (deleted or overwritten behind gsfs's back) is ignored,
+as its sidecar is; if several keys of one image apply (a crash or a failed
+delete between two writes), the newest object wins. stat_image() reads the
+sidecar (one GET), so stat and listing agree.
+
+Writes: set_image_meta() lists the image's index keys, puts the new one
+(unless it is there already; with LastModified when the metadata has no
+mtime), writes the sidecar, then deletes the other keys; if the sidecar
+write fails, the new key is removed again. rename() does the same after its
+sidecar write (the index follows the image, like the sidecar), delete()
+removes the image's keys, and add() removes the keys of an older object of
+that id but writes none (its metadata has no mtime, and a glance_store-style
+add leaves just the image and its sidecar); there a failing index request only
+logs. cleanup_leftovers() removes index keys whose image object does not
+exist (only those: the bucket may be shared), and writes the index of
+sidecars that have none for their object (an add() without set_image_meta(),
+a sidecar from before the index): one GET each, once.
+
+With 12 bytes of prefix and at most 38 after the id (``/``, 20 digits, ``.``,
+16 hex digits), ids are limited to 974 bytes (``max_id_length``), so that
+every key stays within S3's 1024 bytes.
+
 Unfinished multipart uploads and the shared bucket
 --------------------------------------------------
 The bucket may be shared with Glance and with gsfs on other hosts, so an
@@ -59,6 +99,7 @@ started meanwhile is never taken for a vanished one).
 import concurrent.futures
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -91,6 +132,11 @@ MAX_PART_NUM = 10000                     # S3's limit on parts per multipart upl
 MAX_PART_SIZE = 5 * GiB                  # S3's limit on one part
 MAX_OBJECT_SIZE = 5 * TiB                # S3's limit on one object
 META_PREFIX = ".gsfs-meta/"              # sidecar key prefix: .gsfs-meta/<image id>
+MTIME_PREFIX = ".gsfs-mtime/"            # mtime index: .gsfs-mtime/<id>/<mtime ns>.<tag hash>
+MAX_KEY_BYTES = 1024                     # S3's limit on a key (UTF-8)
+_TAG_HASH_LEN = 16                       # hex digits of the object tag's hash in an index key
+_INDEX_LEAF = re.compile(r"(-?[0-9]{1,19})\.([0-9a-f]{%d})" % _TAG_HASH_LEN)
+_MIN_NS, _MAX_NS = -2 ** 63, 2 ** 63 - 1  # an index key holds a 64-bit mtime
 _SIDECAR_TAG = "_gsfs_object"            # in a sidecar: the object version it describes
 
 _CHECKSUM_CHOICES = ["when_required", "when_supported"]
@@ -201,9 +247,64 @@ def _object_tag(head):
                       _mtime_ns(head["LastModified"]) // 1_000_000_000)
 
 
-def _image_info(key, size, when):
-    ns = _mtime_ns(when)
-    return driver.ImageInfo(key, size, ns / 1e9, ns)
+def _image_info(key, size, when, version=None, stored_ns=None):
+    """ImageInfo with mtime ``stored_ns`` if given, else LastModified ``when``."""
+    ns = _mtime_ns(when) if stored_ns is None else stored_ns
+    return driver.ImageInfo(key, size, ns / 1e9, ns, version)
+
+
+def _stored_mtime_ns(meta):
+    """The stored mtime of metadata ``meta`` in ns, or None (none, unreadable,
+    or beyond the 64 bits an index key holds)."""
+    text = meta.get("mtime")
+    if text is None:
+        return None
+    try:
+        ns = driver.parse_mtime_ns(text)
+    except ValueError:
+        return None
+    return ns if _MIN_NS <= ns <= _MAX_NS else None
+
+
+def _indexed_mtime(entries, tag):
+    """The mtime (ns) that one image's index entries (see Store._mtime_index)
+    give object version ``tag``: the newest matching entry's; None if none
+    matches (no index, or only one of an older object of that name)."""
+    want = _tag_hash(tag)
+    best = None
+    for key, ns, tag_hash, when in entries or ():
+        if tag_hash == want and (best is None or (when, key) > best[:2]):
+            best = (when, key, ns)
+    return None if best is None else best[2]
+
+
+def _tag_hash(tag):
+    """The short hash of an object tag that an index key carries."""
+    return hashlib.sha256(tag.encode("utf-8", "surrogateescape")).hexdigest()[:_TAG_HASH_LEN]
+
+
+def _index_prefix(image_id):
+    return MTIME_PREFIX + image_id + "/"
+
+
+def _index_key(image_id, mtime_ns, tag):
+    """The mtime index key saying: image ``image_id``, as object version ``tag``
+    (see _object_tag), has mtime ``mtime_ns``."""
+    return "%s%d.%s" % (_index_prefix(image_id), mtime_ns, _tag_hash(tag))
+
+
+def _parse_index_key(key):
+    """(image id, mtime ns, tag hash) of an index key; None if ``key`` is not one."""
+    if not key.startswith(MTIME_PREFIX):
+        return None
+    image_id, sep, leaf = key[len(MTIME_PREFIX):].partition("/")
+    match = _INDEX_LEAF.fullmatch(leaf)
+    if not sep or not image_id or match is None:
+        return None
+    ns = int(match.group(1))
+    if not _MIN_NS <= ns <= _MAX_NS:
+        return None
+    return image_id, ns, match.group(2)
 
 
 def _strip_scheme(host):
@@ -306,6 +407,15 @@ def _s3_errors(op, bucket=None, key=None, write=False):
         yield
     except _LIBRARY_ERRORS as e:
         raise _s3_error(e, op, bucket, key, write) from e
+
+
+def _unreachable(exc):
+    """True if the server did not answer in time (a frozen server: every
+    request would wait for the timeouts again), as opposed to an HTTP error
+    answer or a refused or reset connection, which fail at once."""
+    cause = exc.__cause__
+    return isinstance(exc, exceptions.RemoteServiceUnavailable) and isinstance(
+        cause, (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError))
 
 
 def _is_missing(exc):
@@ -500,13 +610,33 @@ class _MultipartUpload:
             raise exceptions.BackendException(
                 "S3 add of bucket %r key %r: parts %s were not uploaded"
                 % (self.bucket, self.key, sorted(set(range(1, self.parts + 1)) - set(numbers))))
-        with _s3_errors("complete multipart upload", self.bucket, self.key, write=True):
-            # rgw answers with an empty ETag here: nothing in the answer is used
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
-                                           for n in numbers]})
+        try:
+            with _s3_errors("complete multipart upload", self.bucket, self.key, write=True):
+                # rgw answers with an empty ETag here: nothing in the answer is used
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
+                                               for n in numbers]})
+        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
+            # the answer was lost (a reset, a cut body): the server may have
+            # completed the upload all the same. It did if the object now has the
+            # ETag of exactly these parts; then this add succeeded.
+            if not self._completed_anyway(numbers):
+                raise
+            LOG.warning("Completing the multipart upload of %s/%s failed (%s), but the "
+                        "object has the ETag of its parts: it was completed", self.bucket,
+                        self.key, e)
         self.store._upload_ended(self.bucket, self.key, self.upload_id)
+
+    def _completed_anyway(self, numbers):
+        digests = b"".join(bytes.fromhex(self._etags[n].strip('"')) for n in numbers)
+        expected = "%s-%d" % (hashlib.md5(digests, usedforsecurity=False).hexdigest(),
+                              len(numbers))
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.key)
+        except Exception:  # noqa: BLE001 - cannot tell: the add failed
+            return False
+        return str(head.get("ETag") or "").strip('"') == expected
 
     def abort(self, wait=True):
         """Abort the upload. ``wait=False``: do not wait for the parts in flight
@@ -586,7 +716,9 @@ class Store(driver.Store):
 
     READ_CHUNKSIZE = 4 * MiB
     WRITE_CHUNKSIZE = 5 * MiB       # read size of a file-like image source
-    max_id_length = 1000            # S3 keys are <= 1024 bytes, with '.gsfs-meta/'
+    # S3 keys are <= 1024 bytes: the longest key gsfs derives from an id is its
+    # mtime index key, 12 bytes of prefix plus 38 after the id
+    max_id_length = 974             # 1024 - len(".gsfs-mtime/") - len("/<int64>.<16 hex>")
 
     # Part sizes of an upload of unknown size: part n (from 1) is
     # chunk_size * 2 ** ((n - 1) // interval), at most MAX_PART_SIZE, where
@@ -860,7 +992,7 @@ class Store(driver.Store):
             if _error_code(e) != "InvalidRange":
                 raise _s3_error(e, "get", bucket, key) from e
             # offset at/after the end: nothing to read
-            size = chunk_size or self._stat(client, bucket, key).size
+            size = chunk_size or self._stat(client, bucket, key, stored=False).size
             return _ResponseIndexable(iter(()), size), size
         except _LIBRARY_ERRORS as e:
             raise _s3_error(e, "get", bucket, key) from e
@@ -896,8 +1028,8 @@ class Store(driver.Store):
 
     @capabilities.check
     def delete(self, location, context=None):
-        """Delete the image (NotFound if missing) and its gsfs sidecar; returns
-        the DeleteObject response, as glance_store 5.7 does."""
+        """Delete the image (NotFound if missing), its gsfs sidecar and mtime
+        index; returns the DeleteObject response, as glance_store 5.7 does."""
         client = self._get_client()
         bucket, key = self._where(location)
         if self._head(client, bucket, key, op="delete") is None:
@@ -906,6 +1038,7 @@ class Store(driver.Store):
         with _s3_errors("delete", bucket, key, write=True):
             resp = client.delete_object(Bucket=bucket, Key=key)
         self._delete_sidecar(client, bucket, key, quiet=True)
+        self._update_index(client, bucket, key, None, None, quiet=True)
         return resp
 
     # -- add -----------------------------------------------------------------
@@ -936,9 +1069,13 @@ class Store(driver.Store):
             raise exceptions.BackendException(
                 "S3 add of bucket %r key %r: the object written has %s bytes, not %d"
                 % (bucket, key, None if head is None else head["ContentLength"], total))
-        self._reset_sidecar(client, bucket, key, head, {
-            "checksum": hasher.checksum, "os_hash_algo": hasher.algo,
-            "os_hash_value": hasher.hash_value})
+        meta = {"checksum": hasher.checksum, "os_hash_algo": hasher.algo,
+                "os_hash_value": hasher.hash_value}
+        written = self._reset_sidecar(client, bucket, key, head, meta)
+        # no mtime in an add's metadata, so no index key (cleanup_leftovers
+        # writes it); the keys of an older object of this id go
+        self._update_index(client, bucket, key, head if written and "mtime" in meta else None,
+                           meta, quiet=True)
         metadata = {"store": self.backend_group} if self.backend_group else {}
         LOG.debug("Wrote %d bytes to S3 bucket %s key %s, checksum %s",
                   total, bucket, key, hasher.checksum)
@@ -993,8 +1130,10 @@ class Store(driver.Store):
             buf = full = last = None  # noqa: F841 - drop the buffers before waiting
             # the server is unreachable or not answering: waiting for the parts in
             # flight and for an abort would take every timeout again; abort in the
-            # background (cleanup_leftovers covers a process that exits first)
-            mpu.abort(wait=not isinstance(e, exceptions.RemoteServiceUnavailable))
+            # background (cleanup_leftovers covers a process that exits first). A
+            # server that answered (a 500, a 503) or reset the connection is asked
+            # to abort at once, so nothing is left when the close returns.
+            mpu.abort(wait=not _unreachable(e))
             raise
         return mpu.size
 
@@ -1009,24 +1148,17 @@ class Store(driver.Store):
     def list_images(self):
         """ImageInfo of every image (top-level key) in the configured bucket.
 
-        ``mtime`` is the object's LastModified; a caller wanting a stored
-        'mtime' from get_image_meta() must merge it itself (one GET per image).
+        ``mtime`` is the stored mtime (what get_image_meta() returns) where the
+        mtime index has it for this very object, else LastModified; ``version``
+        is the object tag (ETag + LastModified second). Two paginated listings:
+        the images, then the mtime index (see the module docstring).
         """
         self._ensure_options()
         client = self._get_client()
         bucket = self._option("s3_store_bucket")
-        images = []
         try:
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Delimiter="/")
-            for page in pages:
-                for obj in page.get("Contents", ()):
-                    try:
-                        image_id = driver.validate_image_id(obj["Key"], self.max_id_length)
-                    except exceptions.Invalid:
-                        LOG.debug("Skipping S3 key %r: not an image id", obj["Key"])
-                        continue
-                    images.append(_image_info(image_id, obj["Size"], obj["LastModified"]))
+            objects = self._image_objects(client, bucket)
+            index = self._mtime_index(client, bucket) if objects else {}
         except botocore.exceptions.ClientError as e:
             if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
                 return []
@@ -1038,7 +1170,43 @@ class Store(driver.Store):
             raise _s3_error(e, "list", bucket) from e
         except _LIBRARY_ERRORS as e:
             raise _s3_error(e, "list", bucket) from e
+        images = []
+        for image_id, obj in objects.items():
+            tag = _object_tag(obj)
+            images.append(_image_info(image_id, obj["Size"], obj["LastModified"], tag,
+                                      _indexed_mtime(index.get(image_id), tag)))
         return images
+
+    def _image_objects(self, client, bucket):
+        """{image id: listed object} of the bucket's top-level keys that are
+        image ids (botocore errors propagate)."""
+        objects = {}
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/")
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                if self._is_image_id(obj["Key"]):
+                    objects[obj["Key"]] = obj
+                else:
+                    LOG.debug("Skipping S3 key %r: not an image id", obj["Key"])
+        return objects
+
+    @staticmethod
+    def _mtime_index(client, bucket):
+        """{image id: [(index key, mtime ns, tag hash, LastModified), ...]} of
+        the whole mtime index (botocore errors propagate)."""
+        index = {}
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=MTIME_PREFIX)
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                parsed = _parse_index_key(obj["Key"])
+                if parsed is None:
+                    LOG.debug("Ignoring S3 key %r: not an mtime index key", obj["Key"])
+                    continue
+                image_id, ns, tag_hash = parsed
+                index.setdefault(image_id, []).append(
+                    (obj["Key"], ns, tag_hash, obj["LastModified"]))
+        return index
 
     def _check_writable(self, what):
         if not self.is_capable(capabilities.BitMasks.WRITE_ACCESS):
@@ -1046,14 +1214,21 @@ class Store(driver.Store):
                 "Store %s cannot %s: its configuration failed, writing is disabled"
                 % (self, what))
 
-    def _stat(self, client, bucket, key):
+    def _stat(self, client, bucket, key, stored=True):
+        """ImageInfo from a HEAD; with ``stored`` the mtime is the sidecar's
+        (one GET more) where it has one for this object."""
         head = self._head(client, bucket, key)
         if head is None:
             raise exceptions.NotFound(image=key)
-        return _image_info(key, head["ContentLength"], head["LastModified"])
+        ns = None
+        if stored:
+            ns = _stored_mtime_ns(self._valid_meta(client, bucket, key, head, quiet=True))
+        return _image_info(key, head["ContentLength"], head["LastModified"],
+                           _object_tag(head), ns)
 
     def stat_image(self, location):
-        """ImageInfo from a HEAD (mtime = LastModified; see list_images)."""
+        """ImageInfo from a HEAD and the sidecar: mtime and version as
+        list_images() gives them (a HEAD and a GET)."""
         bucket, key = self._where(location)
         return self._stat(self._get_client(), bucket, key)
 
@@ -1106,7 +1281,7 @@ class Store(driver.Store):
             return {}
         return {str(k): str(v) for k, v in meta.items()}
 
-    def _valid_meta(self, client, bucket, key, head):
+    def _valid_meta(self, client, bucket, key, head, quiet=False):
         """The stored metadata of the object version ``head`` describes: {} if
         there is no sidecar or it was written for another version (the image
         was deleted and re-added behind gsfs's back, e.g. by glance_store)."""
@@ -1115,8 +1290,9 @@ class Store(driver.Store):
             return {}
         tag = raw.pop(_SIDECAR_TAG, None)
         if tag is not None and tag != _object_tag(head):
-            LOG.info("Ignoring the gsfs metadata of s3://%s/%s: it describes an older "
-                     "object of that name", bucket, key)
+            LOG.log(logging.DEBUG if quiet else logging.INFO,
+                    "Ignoring the gsfs metadata of s3://%s/%s: it describes an older "
+                    "object of that name", bucket, key)
             return {}
         return raw
 
@@ -1142,12 +1318,80 @@ class Store(driver.Store):
 
     def _reset_sidecar(self, client, bucket, key, head, meta):
         """After an add: the new image's metadata replaces any stale sidecar.
-        The image is complete already, so a failure here only logs."""
+        The image is complete already, so a failure here only logs. True if
+        the sidecar was written."""
         try:
             self._write_sidecar(client, bucket, key, head, meta)
+            return True
         except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
             LOG.warning("Could not store the gsfs metadata of %s/%s: %s", bucket, key, e)
             self._delete_sidecar(client, bucket, key, quiet=True)
+            return False
+
+    # -- the mtime index (see the module docstring) -----------------------------
+    @staticmethod
+    def _index_keys(client, bucket, key):
+        """The mtime index keys of image ``key`` (normally none or one); other
+        keys under its prefix are not gsfs's and are left alone."""
+        keys = []
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=_index_prefix(key))
+        for page in pages:
+            keys.extend(obj["Key"] for obj in page.get("Contents", ())
+                        if _parse_index_key(obj["Key"]) is not None)
+        return keys
+
+    def _update_index(self, client, bucket, key, head, meta, between=None, quiet=False):
+        """Make the mtime index of image ``key`` give object version ``head``
+        the mtime of ``meta`` (the stored one, else LastModified); ``head``
+        None: remove the image's index.
+
+        The image's index keys are listed, the new key is put (unless it is
+        there), ``between()`` runs (the sidecar write), then the image's other
+        keys are deleted; if ``between()`` fails the new key is removed again.
+        A failing delete of an old key only logs (the new key is the newest,
+        it wins in a listing). With ``quiet`` any failing index request only
+        logs, and ``between()`` runs all the same. True if the new key (or
+        none, for ``head`` None) is in place.
+        """
+        new = None
+        if head is not None:
+            ns = _stored_mtime_ns(meta or {})
+            if ns is None:
+                ns = _mtime_ns(head["LastModified"])
+            new = _index_key(key, ns, _object_tag(head))
+        prefix = _index_prefix(key)
+        old, created, ok = [], False, True
+        try:
+            with _s3_errors("mtime index list", bucket, prefix):
+                old = self._index_keys(client, bucket, key)
+            if new is not None and new not in old:
+                with _s3_errors("mtime index write", bucket, new, write=True):
+                    client.put_object(Bucket=bucket, Key=new, Body=b"")
+                created = True
+        except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
+            if not quiet:
+                raise
+            LOG.warning("Could not update the gsfs mtime index of %s/%s: %s", bucket, key, e)
+            ok = False
+        try:
+            if between is not None:
+                between()
+        except BaseException:
+            if created:
+                self._delete_index_keys(client, bucket, [new])
+            raise
+        self._delete_index_keys(client, bucket, [k for k in old if k != new])
+        return ok
+
+    def _delete_index_keys(self, client, bucket, keys):
+        for index_key in keys:
+            try:
+                with _s3_errors("mtime index delete", bucket, index_key, write=True):
+                    client.delete_object(Bucket=bucket, Key=index_key)
+            except (exceptions.GlanceStoreException, exceptions.BackendException) as e:
+                LOG.warning("Could not remove the gsfs mtime index key %s/%s: %s",
+                            bucket, index_key, e)
 
     def _head_or_not_found(self, client, bucket, key, op="stat"):
         head = self._head(client, bucket, key, op=op)
@@ -1168,24 +1412,36 @@ class Store(driver.Store):
         return meta
 
     def set_image_meta(self, location, meta):
-        """Merge ``meta`` (str → str) into the image's stored metadata."""
+        """Merge ``meta`` (str → str) into the image's stored metadata and
+        update its mtime index (see the module docstring). ``mtime`` must be
+        a decimal number of seconds; it is stored as format_mtime_ns writes it."""
         if not isinstance(meta, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
             raise exceptions.Invalid("Image metadata must be a dict of str to str")
+        if "mtime" in meta:
+            try:
+                ns = driver.parse_mtime_ns(meta["mtime"])
+            except ValueError as e:
+                raise exceptions.Invalid("Invalid mtime %r" % (meta["mtime"],)) from e
+            if not _MIN_NS <= ns <= _MAX_NS:
+                raise exceptions.Invalid("Invalid mtime %r: out of range" % (meta["mtime"],))
+            meta = dict(meta, mtime=driver.format_mtime_ns(ns))
         self._check_writable("store image metadata")
         client = self._get_client()
         bucket, key = self._where(location)
         head = self._head_or_not_found(client, bucket, key, op="metadata write")
         current = self._valid_meta(client, bucket, key, head)
         current.update(meta)
-        self._write_sidecar(client, bucket, key, head, current)
+        self._update_index(
+            client, bucket, key, head, current,
+            between=lambda: self._write_sidecar(client, bucket, key, head, current))
 
     def rename(self, location, new_id, replace=False):
         """Server-side copy to ``new_id`` in the same bucket (UploadPartCopy
         above MULTIPART_COPY_THRESHOLD), then delete the source; the metadata
-        follows, with the source's mtime. Duplicate if ``new_id`` exists and not
-        ``replace``. If the copy fails the source is untouched. Returns the new
-        Location."""
+        (sidecar and mtime index) follows, with the source's mtime. Duplicate
+        if ``new_id`` exists and not ``replace``. If the copy fails the source
+        is untouched. Returns the new Location."""
         new_id = driver.validate_image_id(new_id, self.max_id_length)
         self._check_writable("rename images")
         client = self._get_client()
@@ -1204,9 +1460,11 @@ class Store(driver.Store):
         meta = self._valid_meta(client, bucket, key, source)
         meta.setdefault("mtime", driver.format_mtime_ns(_mtime_ns(source["LastModified"])))
         self._write_sidecar(client, bucket, new_id, target, meta)
+        self._update_index(client, bucket, new_id, target, meta, quiet=True)
         with _s3_errors("rename (delete source)", bucket, key, write=True):
             client.delete_object(Bucket=bucket, Key=key)
         self._delete_sidecar(client, bucket, key, quiet=True)
+        self._update_index(client, bucket, key, None, None, quiet=True)
         return new_location
 
     def _copy_object(self, client, bucket, src, dst, size):
@@ -1267,9 +1525,13 @@ class Store(driver.Store):
         bucket that are leftovers: journaled by this host and their process is
         gone (or the entry is abandoned), or not journaled and started more
         than gsfs_s3_leftover_age_hours ago (see the module docstring). Remove
-        journal entries of uploads that no longer exist and sidecars whose
-        image is gone (e.g. deleted through glance_store). Returns one
-        description per thing removed; nothing if writing is disabled."""
+        journal entries of uploads that no longer exist, and sidecars and mtime
+        index keys whose image is gone (e.g. deleted through glance_store).
+        Write the mtime index of sidecars that have none for their object (an
+        add() without set_image_meta(), a sidecar from before the index, a
+        failed index write): one GET each, once.
+        Returns one description per thing removed (and one line for the index
+        written); nothing if writing is disabled."""
         if not self.is_capable(capabilities.BitMasks.WRITE_ACCESS):
             return []
         self._ensure_options()
@@ -1296,23 +1558,17 @@ class Store(driver.Store):
                     done.append("removed the journal entry of the multipart upload %s of "
                                 "s3://%s/%s: the upload no longer exists"
                                 % (upload_id, bucket, entry.get("key")))
-            # sidecars first: one is written after its image, so an image
-            # missing from the later listing is really gone
+            # sidecars and index first: both are written after their image, so
+            # an image missing from the later listing is really gone
             sidecars = []
             pages = client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=META_PREFIX)
             for page in pages:
                 sidecars.extend(obj["Key"] for obj in page.get("Contents", ()))
-            if sidecars:
-                images = {info.id for info in self.list_images()}
-                for meta_key in sidecars:
-                    image_id = meta_key[len(META_PREFIX):]
-                    if image_id in images or not self._is_image_id(image_id):
-                        continue
-                    with _s3_errors("metadata delete", bucket, meta_key, write=True):
-                        client.delete_object(Bucket=bucket, Key=meta_key)
-                    done.append("removed s3://%s/%s: metadata of a missing image"
-                                % (bucket, meta_key))
+            index = self._mtime_index(client, bucket)
+            if sidecars or index:
+                images = self._image_objects(client, bucket)
+                done.extend(self._clean_metadata(client, bucket, sidecars, index, images))
         except botocore.exceptions.ClientError as e:
             if _error_code(e) == "NoSuchBucket":
                 return done
@@ -1321,6 +1577,46 @@ class Store(driver.Store):
             raise _s3_error(e, "cleanup", bucket) from e
         for line in done:
             LOG.info("%s", line)
+        return done
+
+    def _clean_metadata(self, client, bucket, sidecars, index, images):
+        """cleanup_leftovers' part for the sidecars (keys) and the mtime index
+        (as _mtime_index gives it) listed before ``images`` (_image_objects)."""
+        done = []
+        for meta_key in sidecars:
+            image_id = meta_key[len(META_PREFIX):]
+            if image_id in images or not self._is_image_id(image_id):
+                continue
+            with _s3_errors("metadata delete", bucket, meta_key, write=True):
+                client.delete_object(Bucket=bucket, Key=meta_key)
+            done.append("removed s3://%s/%s: metadata of a missing image" % (bucket, meta_key))
+        # only keys whose image object does not exist: the bucket may be shared,
+        # and the key of an older object of an existing image is ignored anyway
+        for image_id, entries in sorted(index.items()):
+            if image_id in images or not self._is_image_id(image_id):
+                continue
+            for index_key, _ns, _hash, _when in entries:
+                with _s3_errors("mtime index delete", bucket, index_key, write=True):
+                    client.delete_object(Bucket=bucket, Key=index_key)
+                done.append("removed s3://%s/%s: mtime index of a missing image"
+                            % (bucket, index_key))
+        indexed = 0
+        for meta_key in sidecars:
+            image_id = meta_key[len(META_PREFIX):]
+            obj = images.get(image_id)
+            if obj is None or _indexed_mtime(index.get(image_id), _object_tag(obj)) is not None:
+                continue
+            raw = self._read_sidecar(client, bucket, image_id)
+            if raw is None:
+                continue
+            tag = raw.pop(_SIDECAR_TAG, None)
+            if tag is not None and tag != _object_tag(obj):
+                continue            # the sidecar of an older object: no index for it
+            if self._update_index(client, bucket, image_id, obj, raw, quiet=True):
+                indexed += 1
+        if indexed:
+            done.append("wrote the mtime index of %d image(s) in s3://%s from their "
+                        "metadata sidecars" % (indexed, bucket))
         return done
 
     def _clean_upload(self, client, bucket, upload, journaled):

@@ -44,6 +44,11 @@ def timed(func, *args):
     return result, time.monotonic() - t0
 
 
+def read_all(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def assert_outcome(fault, result, seconds, correct):
     """500/503/reset: an errno; truncate: an errno or the right answer; stall:
     the right answer, STALL seconds late at least. Always within the bound."""
@@ -97,12 +102,9 @@ def test_s3_faults_on_every_operation(s3_through_proxy, fault, tmp_path):
     assert_outcome(fault, result, took, lambda names: names == ["present"])
 
     # read → ranged GetObject
-    def read_all():
-        with open(m.path("s3", "present"), "rb") as f:
-            return f.read()
     proxy.add_rule("RANGED_GET", fault, count=None, seconds=seconds, match="present")
     proxy.add_rule("GET", fault, count=None, seconds=seconds, match="present")
-    result, took = timed(read_all)
+    result, took = timed(read_all, m.path("s3", "present"))
     proxy.clear()
     assert_outcome(fault, result, took, lambda data: data == src.read_bytes())
 
@@ -176,13 +178,10 @@ def test_http_store_faults(http_server, http_proxy, gsfs_mount, stores_conf, tmp
     http_proxy.clear()
     assert_outcome(fault, result, took, lambda names: names == ["web.img"])
 
-    def read_all():
-        with open(m.path("http", "web.img"), "rb") as f:
-            return f.read()
     os.stat(m.path("http", "web.img"))
     for op in ("RANGED_GET", "GET"):
         http_proxy.add_rule(op, fault, count=None, seconds=seconds, match="web.img")
-    result, took = timed(read_all)
+    result, took = timed(read_all, m.path("http", "web.img"))
     http_proxy.clear()
     assert_outcome(fault, result, took, lambda got: got == data)
     assert daemon_pid(m) == pid and m.proc.poll() is None

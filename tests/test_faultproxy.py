@@ -15,10 +15,8 @@ import threading
 import time
 import uuid
 
-import boto3
 import pytest
 import requests
-from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
@@ -51,23 +49,11 @@ TRUNCATED_ERRORS = SHORT_READ_ERRORS + CONNECTION_ERRORS + (ClientError, Respons
 
 def s3_via(ceph, url, **config):
     """A boto3 client for radosgw at ``url`` (the proxy), one attempt per call."""
-    opts = dict(
-        region_name="us-east-1",
-        s3={"addressing_style": "path"},
-        signature_version="s3v4",
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=5,
-        read_timeout=30,
-        # botocore reads max_attempts as retries AFTER the first try (max_attempts=1 still
-        # retries once): total_max_attempts=1 is what makes it a single attempt
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        proxies={},
-    )
+    # botocore reads max_attempts as retries AFTER the first try (max_attempts=1 still
+    # retries once): total_max_attempts=1 is what makes it a single attempt
+    opts = dict(read_timeout=30, retries={"total_max_attempts": 1, "mode": "standard"})
     opts.update(config)
-    return boto3.session.Session().client(
-        "s3", endpoint_url=url, aws_access_key_id=ceph.access_key,
-        aws_secret_access_key=ceph.secret_key, config=Config(**opts))
+    return ceph.s3_client(endpoint_url=url, **opts)
 
 
 @pytest.fixture(scope="module")

@@ -160,10 +160,11 @@ class CephCluster:
                 pass
         return out
 
-    def s3_client(self, **config):
+    def s3_client(self, endpoint_url=None, **config):
         """A boto3 S3 client for radosgw (path style, us-east-1, checksums only when required).
 
-        Keyword arguments override/extend the botocore Config, e.g. retries={"max_attempts": 1}.
+        Keyword arguments override/extend the botocore Config, e.g. retries={"max_attempts": 1};
+        ``endpoint_url`` talks to another address (a fault proxy in front of radosgw).
         """
         import boto3
         from botocore.config import Config
@@ -182,7 +183,7 @@ class CephCluster:
         opts.update(config)
         return boto3.session.Session().client(
             "s3",
-            endpoint_url=self.rgw_endpoint,
+            endpoint_url=endpoint_url or self.rgw_endpoint,
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             config=Config(**opts),

@@ -8,6 +8,9 @@ accepts those, writes the whole image, then fails in hexdigest()).
 """
 
 import hashlib
+import queue
+import threading
+import weakref
 
 from gsfs import exceptions
 
@@ -30,8 +33,54 @@ def new_hasher(algo):
     return hashlib.new(algo, usedforsecurity=False)
 
 
+# Chunks at least this big are hashed in the two hash threads; smaller ones
+# inline (a thread hand-off costs more than hashing a few KiB).
+THREAD_MIN_CHUNK = 64 * 1024
+# Chunks queued per hash thread before update() waits: with 1 MiB chunks, the
+# memory a hasher pins is at most 2 × QUEUE_CHUNKS MiB (docs/memory.md).
+QUEUE_CHUNKS = 4
+
+
+class _HashThread:
+    """One hash object fed in order by its own thread. hashlib releases the
+    GIL while it hashes a buffer larger than 2 KiB, so md5 and the multihash
+    run side by side on two cores, and beside the driver's own writes."""
+
+    def __init__(self, hasher, name):
+        self.hasher = hasher
+        self.queue = queue.Queue(QUEUE_CHUNKS)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            self.hasher.update(chunk)
+
+    def put(self, chunk):
+        self.queue.put(chunk)
+
+    def finish(self):
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _stop_threads(threads):
+    for t in threads:
+        t.queue.put(None)
+
+
 class ImageHasher:
-    """md5 + multihash + optional verifier, fed the same chunks in order."""
+    """md5 + multihash + optional verifier, fed the same chunks in order.
+
+    Large chunks are hashed by two threads (one per digest), so that the
+    bound of a copy is the slower hash, not the sum of both; ``update``
+    returns once the chunk is queued. Reading ``checksum`` or ``hash_value``
+    waits for both threads. A chunk the caller may change afterwards (a
+    bytearray, a writable memoryview) is copied before it is queued.
+    """
 
     def __init__(self, algo="sha512", verifier=None):
         validate_algo(algo)
@@ -40,22 +89,50 @@ class ImageHasher:
         self.multihash = new_hasher(algo)
         self.verifier = verifier
         self.size = 0
+        self._threads = None
         attach = getattr(verifier, "attach_hasher", None)
         if attach is not None:
             # gsfs's commit guard reads the digests before the image is published
             attach(self)
 
     def update(self, chunk):
-        self.md5.update(chunk)
-        self.multihash.update(chunk)
+        n = len(chunk)
+        if n >= THREAD_MIN_CHUNK:
+            if not _immutable(chunk):
+                chunk = bytes(chunk)
+            if self._threads is None:
+                self._threads = (_HashThread(self.md5, "gsfs-md5"),
+                                 _HashThread(self.multihash, "gsfs-" + self.algo))
+                # an abandoned hasher (a failed upload) ends its threads too
+                weakref.finalize(self, _stop_threads, self._threads)
+            for t in self._threads:
+                t.put(chunk)
+        else:
+            self._wait()
+            self.md5.update(chunk)
+            self.multihash.update(chunk)
         if self.verifier is not None:
             self.verifier.update(chunk)
-        self.size += len(chunk)
+        self.size += n
+
+    def _wait(self):
+        """Let the hash threads finish what they were given (they end)."""
+        threads, self._threads = self._threads, None
+        for t in threads or ():
+            t.finish()
 
     @property
     def checksum(self):
+        self._wait()
         return self.md5.hexdigest()
 
     @property
     def hash_value(self):
+        self._wait()
         return self.multihash.hexdigest()
+
+
+def _immutable(chunk):
+    if isinstance(chunk, bytes):
+        return True
+    return isinstance(chunk, memoryview) and chunk.readonly and isinstance(chunk.obj, bytes)

@@ -43,6 +43,7 @@ from oslo_config import cfg
 
 from gsfs import capabilities, driver, exceptions, hashing, location, process
 
+MiB = 1024 * 1024
 LOG = logging.getLogger(__name__)
 
 TMP_PREFIX = ".gsfs-tmp."
@@ -447,7 +448,9 @@ class Store(driver.Store):
             raise _os_error(e, "create", tmp_path) from e
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in driver.chunkreadable(image_file, self.WRITE_CHUNKSIZE):
+                # large reads (at least 1 MiB): fewer, larger writes and hash
+                # hand-offs; glance_store's chunk size only sets the lower bound
+                for chunk in driver.chunkreadable(image_file, max(self.WRITE_CHUNKSIZE, MiB)):
                     sizes.add(len(chunk))
                     hasher.update(chunk)
                     if self.thin_provisioning and not any(chunk):

@@ -35,10 +35,12 @@ stays as it was):
   ``CommitGuard`` after the last byte and before the driver publishes.
 """
 
+import collections
 import errno
 import logging
 import os
 import secrets
+import threading
 import time
 
 import pyfuse3
@@ -101,36 +103,103 @@ class CommitGuard:
 
 
 class UploadPipe:
-    """The file-like object the driver's add() reads, in its worker thread."""
+    """The bounded queue between write() (trio) and the driver's add(), which
+    reads it like a file in its worker thread.
 
-    def __init__(self, receive_channel, guard):
-        self.recv = receive_channel
+    The reader blocks on a threading.Condition, so a chunk costs no trio
+    round trip; a writer that finds ``limit`` bytes queued sleeps on a trio
+    Event that the reader sets (one hop into trio) once the queue has drained
+    to half. read(n) hands out the written buffers themselves, or zero-copy
+    memoryview slices of them when the driver asks for less.
+    """
+
+    def __init__(self, limit, guard):
+        self.cond = threading.Condition()
+        self.items = collections.deque()
+        self.queued = 0
+        self.limit = limit
+        self.closed = False         # end of data: commit, or an abort
+        self.reader_gone = False    # the upload ended
+        self.space = None           # the Event a writer waits on for room
+        self.token = trio.lowlevel.current_trio_token()
         self.guard = guard
-        self.buf = b""
+        self.buf = None
+        self.pos = 0
         self.delivered = 0
         self.eof = False
         self.aborted = None     # a reason string once aborted
 
+    # -- the trio side ---------------------------------------------------------
+    async def send(self, data):
+        while True:
+            with self.cond:
+                if self.reader_gone:
+                    raise trio.BrokenResourceError
+                if self.closed:
+                    raise trio.ClosedResourceError
+                if self.queued < self.limit:
+                    self.items.append(data)
+                    self.queued += len(data)
+                    self.cond.notify()
+                    return
+                if self.space is None:
+                    self.space = trio.Event()
+                event = self.space
+            await event.wait()
+
+    def _wake_writer(self):
+        event, self.space = self.space, None
+        if event is not None:
+            event.set()
+
+    def close(self):
+        """No more data (set ``aborted`` first to make the reader fail)."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+            self._wake_writer()
+
+    def reader_done(self):
+        """The upload ended: writers fail from now on, queued data is dropped."""
+        with self.cond:
+            self.reader_gone = True
+            self.items.clear()
+            self.queued = 0
+            self._wake_writer()
+
+    # -- the driver's side (its worker thread) -----------------------------------
     def read(self, n=-1):
         if self.aborted:
             raise UploadAborted(self.aborted)
-        if not self.buf:
+        if self.buf is None:
             if self.eof:
                 return b""
-            try:
-                self.buf = trio.from_thread.run(self.recv.receive)
-            except (trio.EndOfChannel, trio.ClosedResourceError):
+            wake = None
+            with self.cond:
+                while not self.items and not self.closed:
+                    self.cond.wait()
                 if self.aborted:
-                    raise UploadAborted(self.aborted) from None
-                self.eof = True
+                    raise UploadAborted(self.aborted)
+                if not self.items:
+                    self.eof = True
+                else:
+                    self.buf, self.pos = self.items.popleft(), 0
+                    self.queued -= len(self.buf)
+                    if self.space is not None and self.queued <= self.limit // 2:
+                        wake, self.space = self.space, None
+            if wake is not None:
+                trio.from_thread.run_sync(wake.set, trio_token=self.token)
+            if self.eof:
                 self.guard.check_before_publish(self.delivered)
                 return b""
-            if self.aborted:
-                raise UploadAborted(self.aborted)
-        if n is None or n < 0 or n >= len(self.buf):
-            out, self.buf = self.buf, b""
+        buf, pos = self.buf, self.pos
+        left = len(buf) - pos
+        if n is None or n < 0 or n >= left:
+            out = buf if pos == 0 else memoryview(buf)[pos:]
+            self.buf = None
         else:
-            out, self.buf = self.buf[:n], self.buf[n:]
+            out = memoryview(buf)[pos:pos + n]
+            self.pos += n
         self.delivered += len(out)
         return out
 
@@ -283,9 +352,7 @@ class StreamSession(_Session):
 
     def __init__(self, fs, image, replace):
         super().__init__(fs, image, replace)
-        chunks = max(1, fs.settings.upload_queue // CHUNK)
-        self.send, receive = trio.open_memory_channel(chunks)
-        self.pipe = UploadPipe(receive, self.guard)
+        self.pipe = UploadPipe(fs.settings.upload_queue, self.guard)
         self.wrote = False
         self.closing = False
         self.pos = 0
@@ -310,7 +377,7 @@ class StreamSession(_Session):
         else:
             self._finish(result)
         finally:
-            self.pipe.recv.close()
+            self.pipe.reader_done()
             self.fs.uploads.discard(self)
             self.done.set()
             self._moved()
@@ -401,7 +468,7 @@ class StreamSession(_Session):
 
     async def _send(self, data):
         try:
-            await self.send.send(data)
+            await self.pipe.send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self.done.wait()
             self.raise_if_failed()
@@ -448,7 +515,7 @@ class StreamSession(_Session):
             self.pipe.aborted = reason
             self.closing = True
             self.window.clear()
-            await self.send.aclose()
+            self.pipe.close()
         return err
 
     async def commit(self):
@@ -463,7 +530,7 @@ class StreamSession(_Session):
                 await self.done.wait()      # the driver has removed what it wrote
                 raise err
             self.closing = True
-            await self.send.aclose()
+            self.pipe.close()
         await self.done.wait()
         self.raise_if_failed()
 
@@ -488,7 +555,7 @@ class StreamSession(_Session):
         self.pipe.aborted = reason
         self.closing = True
         self.window.clear()
-        await self.send.aclose()
+        self.pipe.close()
         await self.done.wait()
 
 

@@ -83,6 +83,62 @@ READ_HANDLES_MAX = 16
 _WRITING = set()
 _WRITING_LOCK = threading.Lock()
 
+
+class _AioWrites:
+    """librbd asynchronous writes with at most ``limit`` bytes in flight, as
+    ``rbd import`` keeps several writes going: the image's objects are written
+    in parallel instead of one round trip after the other. The first failure
+    is raised by the next submit() or by check()."""
+
+    def __init__(self, image, limit, name):
+        self.image = image
+        self.limit = max(limit, 1)
+        self.name = name
+        self.cond = threading.Condition()
+        self.inflight = 0
+        self.pending = set()
+        self.error = None
+
+    def submit(self, data, offset):
+        with self.cond:
+            while self.inflight and self.inflight + len(data) > self.limit \
+                    and self.error is None:
+                self.cond.wait()
+            self._raise()
+            self.inflight += len(data)
+        n = len(data)
+
+        def done(completion):
+            ret = completion.get_return_value()
+            with self.cond:
+                self.inflight -= n
+                self.pending.discard(completion)
+                if ret < 0 and self.error is None:
+                    self.error = exceptions.BackendException(
+                        "RBD write of %d bytes at offset %d of %s failed: %s"
+                        % (n, offset, self.name, os.strerror(-ret)))
+                self.cond.notify_all()
+
+        completion = self.image.aio_write(data, offset, done)
+        with self.cond:
+            if self.inflight and completion.is_complete() is False:
+                self.pending.add(completion)
+
+    def wait_all(self, check=True):
+        with self.cond:
+            while self.inflight:
+                self.cond.wait()
+        if check:
+            self.check()
+
+    def check(self):
+        with self.cond:
+            self._raise()
+
+    def _raise(self):
+        if self.error is not None:
+            raise self.error
+
 _RBD_OPTS = [
     cfg.IntOpt("rbd_store_chunk_size", default=DEFAULT_CHUNKSIZE, min=1,
                help="Size, in MiB, of the RADOS objects images are split into "
@@ -874,23 +930,29 @@ class Store(driver.Store):
                     current = image_size
                     resize_amount = chunk_size
                     offset = 0
-                    for chunk in driver.chunkreadable(image_file, chunk_size):
-                        if not isinstance(chunk, bytes):
-                            chunk = bytes(chunk)     # librbd's write wants bytes
-                        n = len(chunk)
-                        sizes.add(n)                 # "Size exceeds" before writing
-                        if image_size == 0 and current < offset + n:
-                            # glance_store's resize-on-write: the step doubles up
-                            # to 8 GiB; a big chunk from an iterator may need more
-                            while current < offset + n:
-                                resize_amount = min(resize_amount * 2, MAX_RESIZE_STEP)
-                                current += resize_amount
-                            image.resize(current)
-                        if not (self.thin_provisioning and chunk.count(0) == n):
-                            image.write(chunk, offset)
-                        hasher.update(chunk)
-                        offset += n
-                        del chunk
+                    writes = _AioWrites(image, 2 * chunk_size, tmp)
+                    try:
+                        for chunk in driver.chunkreadable(image_file, chunk_size):
+                            if not isinstance(chunk, bytes):
+                                chunk = bytes(chunk)     # librbd's write wants bytes
+                            n = len(chunk)
+                            sizes.add(n)                 # "Size exceeds" before writing
+                            if image_size == 0 and current < offset + n:
+                                # glance_store's resize-on-write: the step doubles up
+                                # to 8 GiB; a big chunk from an iterator may need more
+                                while current < offset + n:
+                                    resize_amount = min(resize_amount * 2, MAX_RESIZE_STEP)
+                                    current += resize_amount
+                                writes.wait_all()
+                                image.resize(current)
+                            hasher.update(chunk)         # queued to the hash threads
+                            if not (self.thin_provisioning and chunk.count(0) == n):
+                                writes.submit(chunk, offset)
+                            offset += n
+                            del chunk
+                    finally:
+                        writes.wait_all(check=False)     # nothing in flight past here
+                    writes.check()
                     sizes.finish()                   # "Size mismatch"
                     if image_size == 0 and current != offset:
                         image.resize(offset)         # trim the overshoot

@@ -1,26 +1,35 @@
-"""Reading an image: ranged ``store.read()`` calls with readahead.
+"""Reading an image: ranged ``store.read()`` calls, prefetched in parallel.
 
-Each open-for-read has a ReadSession holding at most two blocks: the one being
-served and one fetched ahead in the background when reads are sequential. A
-sequential block is ``readahead_mib`` (default 8 MiB), a random read fetches
-1 MiB around what was asked, so memory per open file is at most
-2 × readahead_mib. Any offset works on every driver (file: pread, s3: ranged
-GET, rbd: read at the snapshot, http: Range).
+Each open-for-read has a ReadSession with a prefetch window: a run of blocks
+ahead of the reader, fetched in worker threads at the same time (mountpoint-s3's
+prefetcher is the model). A read that is not where the last one ended (a
+random read) drops the window and fetches one 1 MiB block at that offset.
+While reads go on in order, the window fills up again, each new block twice
+as large as the one before (1, 2, 4, then 8 MiB), up to ``readahead_mib``
+bytes in all (default 32 MiB: four 8 MiB ranged reads in flight). So the
+memory of an open file is at most ``readahead_mib`` plus the request being
+served, whatever the image size. Any offset works on every driver (file:
+pread, s3: ranged GET, rbd: read at the snapshot, http: Range).
 
-While a read stream passes the whole image in order from byte 0, the blocks
-are hashed (md5 + the mount's hash_algo) in the fetching thread; at the end
-the checksums are stored with the image (driver metadata), so an image gsfs
-did not write gets its checksums from the first full read.
+While the whole image is fetched in order from byte 0, the blocks are hashed
+(md5 + the mount's hash_algo) in order by whichever fetch thread completes
+the run; at the end the checksums are stored with the image (driver
+metadata), so an image gsfs did not write gets its checksums from the first
+full read.
 """
 
+import collections
 import logging
+import threading
 
 import trio
 
 from gsfs import hashing
 
 LOG = logging.getLogger("gsfs.fs")
-RANDOM_BLOCK = 1024 * 1024
+RANDOM_BLOCK = 1024 * 1024          # a read out of order fetches this much
+FIRST_BLOCK = 1024 * 1024           # the first block of a sequential window
+MAX_BLOCK = 8 * 1024 * 1024         # blocks grow up to this
 
 
 class _Block:
@@ -35,12 +44,10 @@ class _Block:
 
     @property
     def end(self):
-        return self.start + len(self.data)
+        return self.start + self.want
 
     def covers(self, pos):
-        if not self.ready.is_set():
-            return self.start <= pos < self.start + self.want
-        return self.error is None and self.start <= pos < self.end
+        return self.start <= pos < self.start + self.want
 
 
 class ReadSession:
@@ -50,63 +57,101 @@ class ReadSession:
         self.store = image.store_dir.store
         self.location = self.store.location_for(image.name)
         self.size = image.size
-        self.readahead = max(fs.settings.readahead, RANDOM_BLOCK)
-        self.current = None
-        self.ahead = None
+        self.budget = max(fs.settings.readahead, RANDOM_BLOCK)
+        self.window = collections.deque()   # blocks in file order, contiguous
+        self.next_start = 0                 # where the window's next block starts
+        self.block_size = FIRST_BLOCK
         self.last_end = 0
         self.hasher = None
         self.hash_pos = 0
-        need_hash = not (image.meta or {}).get("checksum")
-        if need_hash:
+        self.hash_lock = threading.Lock()
+        self.unhashed = {}                  # start → data fetched ahead of hash_pos
+        if not (image.meta or {}).get("checksum"):
             self.hasher = hashing.ImageHasher(fs.settings.hash_algo)
         self.bytes_out = 0
         fs.downloads.add(self)
 
     def status(self):
-        return {"path": self.image.path, "bytes": self.bytes_out, "size": self.size}
+        return {"path": self.image.path, "bytes": self.bytes_out, "size": self.size,
+                "window": sum(b.want for b in self.window)}
 
-    def _fetch_sync(self, start, length):
-        data = self.store.read(self.location, start, length)
-        if self.hasher is not None and start == self.hash_pos and data:
-            self.hasher.update(data)
-            self.hash_pos += len(data)
+    # -- fetching (worker threads) -----------------------------------------------
+    def _fetch_sync(self, block):
+        data = self.store.read(self.location, block.start, block.want)
+        if self.hasher is not None and data:
+            self._hash_in_order(block.start, data)
         return data
+
+    def _hash_in_order(self, start, data):
+        """Hash the bytes from hash_pos on, in order; blocks that arrive ahead
+        wait (within the window) for the ones before them."""
+        with self.hash_lock:
+            hasher = self.hasher
+            if hasher is None or start < self.hash_pos or \
+                    start > self.hash_pos + self.budget:
+                return      # not part of a read in order from byte 0
+            self.unhashed[start] = data
+            while self.hash_pos in self.unhashed:
+                chunk = self.unhashed.pop(self.hash_pos)
+                hasher.update(chunk)
+                self.hash_pos += len(chunk)
 
     async def _fetch(self, block):
         try:
             block.data = await trio.to_thread.run_sync(
-                self._fetch_sync, block.start, block.want, limiter=self.fs.namespace.limiter)
-        except Exception as e:
+                self._fetch_sync, block, limiter=self.fs.namespace.limiter)
+        except Exception as e:  # noqa: BLE001 - raised to the reader that needs it
             block.error = e
         finally:
             block.ready.set()
 
-    async def _block_at(self, pos, sequential):
-        for block in (self.current, self.ahead):
-            if block is not None and block.covers(pos):
-                await block.ready.wait()
-                if block is self.ahead:
-                    self.current, self.ahead = self.ahead, None
-                return block
-        length = self.readahead if sequential else RANDOM_BLOCK
-        block = _Block(pos, min(length, self.size - pos))
-        self.current = block
-        await self._fetch(block)
+    def _append(self, size):
+        block = _Block(self.next_start, min(size, self.size - self.next_start))
+        self.window.append(block)
+        self.next_start = block.end
+        self.fs.spawn(self._fetch, "read %s" % self.image.path, block)
         return block
 
+    def _fill(self):
+        """Keep up to ``budget`` bytes fetched or in flight ahead of the reader."""
+        held = sum(b.want for b in self.window)
+        while self.next_start < self.size and held + self.block_size <= self.budget:
+            held += self._append(self.block_size).want
+            self.block_size = min(self.block_size * 2, MAX_BLOCK)
+
+    def _restart_at(self, offset):
+        """A read outside the window: forget it (fetches in flight finish into
+        blocks nobody holds) and start again at ``offset``."""
+        self.window.clear()
+        self.next_start = offset
+        self.block_size = FIRST_BLOCK
+
+    # -- serving (trio) -------------------------------------------------------------
     async def read(self, offset, length):
         if offset >= self.size or length <= 0:
             return b""
         end = min(offset + length, self.size)
-        sequential = offset == self.last_end
+        # in the window, or right after it: the reader goes on in order (the
+        # kernel's readahead sends several such reads at once); anywhere else
+        # is a random read
+        in_order = offset == self.next_start or bool(
+            self.window and self.window[0].start <= offset < self.next_start)
+        if not in_order:
+            self._restart_at(offset)
         parts = []
         pos = offset
         while pos < end:
-            block = await self._block_at(pos, sequential)
+            block = next((b for b in self.window if b.covers(pos)), None)
+            if block is None:
+                if pos == self.next_start:
+                    block = self._append(self.block_size if in_order else RANDOM_BLOCK)
+                else:   # dropped meanwhile by a read further on: fetch it alone
+                    block = _Block(pos, min(RANDOM_BLOCK, self.size - pos))
+                    await self._fetch(block)
+            await block.ready.wait()
             if block.error is not None:
-                error, block.error = block.error, None
-                if block is self.current:
-                    self.current = None
+                error = block.error
+                self._restart_at(pos)
                 raise error
             piece = block.data[pos - block.start:end - block.start]
             if not piece:
@@ -114,22 +159,26 @@ class ReadSession:
             parts.append(piece)
             pos += len(piece)
         self.last_end = pos
-        if sequential and self.current is not None and self.ahead is None \
-                and self.current.end < self.size:
-            start = self.current.end
-            self.ahead = _Block(start, min(self.readahead, self.size - start))
-            self.fs.spawn(self._fetch, "readahead %s" % self.image.path, self.ahead)
-        data = b"".join(parts)
+        while self.window and self.window[0].end <= pos:
+            self.window.popleft()
+        if in_order:
+            self._fill()
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.bytes_out += len(data)
         if self.hasher is not None and self.hash_pos >= self.size:
             await self._store_checksums()
         return data
 
     async def _store_checksums(self):
-        hasher, self.hasher = self.hasher, None
-        await self.fs.remember_checksums(self.image, hasher.checksum, hasher.algo,
-                                         hasher.hash_value)
+        with self.hash_lock:
+            hasher, self.hasher = self.hasher, None
+        if hasher is None:
+            return
+        checksum, hash_value = await trio.to_thread.run_sync(
+            lambda: (hasher.checksum, hasher.hash_value), limiter=self.fs.namespace.limiter)
+        await self.fs.remember_checksums(self.image, checksum, hasher.algo, hash_value)
 
     def close(self):
-        self.current = self.ahead = None
+        self.window.clear()
+        self.unhashed.clear()
         self.fs.downloads.discard(self)

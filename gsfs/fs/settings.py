@@ -29,8 +29,9 @@ OPTS = [
                help="MiB of writes that arrived ahead of the stream (O_DIRECT writers "
                     "have several in flight) held per open file until the bytes before "
                     "them arrive."),
-    cfg.IntOpt("readahead_mib", default=8, min=0,
-               help="MiB read ahead per open file on sequential reads."),
+    cfg.IntOpt("readahead_mib", default=32, min=0,
+               help="MiB fetched ahead per open file on sequential reads, in blocks "
+                    "of up to 8 MiB fetched in parallel."),
     cfg.FloatOpt("cache_ttl", default=5.0, min=0,
                  help="Seconds a store listing and image attributes are cached."),
     cfg.IntOpt("worker_threads", default=16, min=1,

@@ -20,6 +20,10 @@ gsfs extensions (what the filesystem needs; every driver implements them):
     cleanup_leftovers()           remove what a crashed writer left; returns descriptions
     max_id_length                 longest image id the backend accepts
 
+An image source may have ``preferred_read_size``: drivers that read in small
+chunks then read that much at once (gsfs's upload queue hands out whole
+written buffers without copying them).
+
 Drivers implement ``_add()``; ``add()`` (capability-checked, back-compatible
 with callers that omit ``hashing_algo``) and ``add_image()`` call it.
 

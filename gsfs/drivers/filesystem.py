@@ -43,7 +43,6 @@ from oslo_config import cfg
 
 from gsfs import capabilities, driver, exceptions, hashing, location, process
 
-MiB = 1024 * 1024
 LOG = logging.getLogger(__name__)
 
 TMP_PREFIX = ".gsfs-tmp."
@@ -448,9 +447,10 @@ class Store(driver.Store):
             raise _os_error(e, "create", tmp_path) from e
         try:
             with os.fdopen(fd, "wb") as f:
-                # large reads (at least 1 MiB): fewer, larger writes and hash
-                # hand-offs; glance_store's chunk size only sets the lower bound
-                for chunk in driver.chunkreadable(image_file, max(self.WRITE_CHUNKSIZE, MiB)):
+                # a source that hands out large buffers (gsfs's upload queue) is
+                # read in those: fewer, larger writes and hash hand-offs
+                size = max(self.WRITE_CHUNKSIZE, getattr(image_file, "preferred_read_size", 0))
+                for chunk in driver.chunkreadable(image_file, size):
                     sizes.add(len(chunk))
                     hasher.update(chunk)
                     if self.thin_provisioning and not any(chunk):

@@ -117,6 +117,7 @@ import urllib3.exceptions
 from oslo_config import cfg
 
 from gsfs import backend, capabilities, driver, exceptions, hashing, journal, location, process
+from gsfs.budget import BUDGET
 
 LOG = logging.getLogger(__name__)
 
@@ -501,38 +502,66 @@ class _ResponseIndexable(backend.Indexable):
 
 
 class _PartBuffers:
-    """Reusable part buffers within a fixed byte budget: take() blocks while
-    the buffers in use plus the one asked for would exceed it (one buffer is
-    always allowed, however large). This is the upload's memory bound and its
-    backpressure; as parts grow (unknown sizes), fewer are in flight, so the
-    memory stays at max(budget, one part) instead of growing with the image."""
+    """Reusable part buffers within a fixed byte budget per upload and the
+    process budget (gsfs/budget.py): take() blocks while the buffers in use
+    plus the one asked for would exceed the upload's budget (one buffer is
+    always allowed, however large), or while a new buffer does not fit in
+    the process budget and none of this upload's own can be reused. This is
+    the upload's memory bound and its backpressure; as parts grow (unknown
+    sizes), fewer are in flight, so the memory stays at max(budget, one part)
+    instead of growing with the image. close() gives every buffer back."""
 
     def __init__(self, budget):
         self.budget = budget
         self._in_use = 0
         self._taken = {}        # id(buffer) → bytes accounted (a last part shrinks)
         self._free = []
-        self._cond = threading.Condition()
+        self._allocated = 0     # drawn from the process budget
+        self._cond = BUDGET.cond  # one lock: a buffer given back here wakes waiters there
 
     def take(self, size):
+        released = 0
         with self._cond:
             while self._in_use and self._in_use + size > self.budget:
                 self._cond.wait()
+            while True:
+                buf = next((b for b in self._free if len(b) == size), None)
+                if buf is not None:
+                    self._free.remove(buf)
+                    break
+                if self._free:      # other sizes: drop them before allocating
+                    dropped = sum(len(b) for b in self._free)
+                    self._free.clear()
+                    self._allocated -= dropped
+                    BUDGET.used -= dropped
+                    released += dropped
+                drawn = BUDGET.try_draw(size)
+                if not drawn and not self._allocated and not self._in_use:
+                    BUDGET.force(size)      # holding nothing: this upload may go on
+                    drawn = True
+                if drawn:
+                    buf = bytearray(size)
+                    self._allocated += size
+                    break
+                self._cond.wait()   # a part of ours, or another upload, gives back
             self._in_use += size
-            buf = next((b for b in self._free if len(b) == size), None)
-            if buf is not None:
-                self._free.remove(buf)
-            else:
-                self._free.clear()  # other sizes: drop them before allocating
-                buf = bytearray(size)
             self._taken[id(buf)] = size
-            return buf
+        if released:
+            BUDGET.wake()           # trio-side waiters, for what was dropped
+        return buf
 
     def give(self, buf):
         with self._cond:
             self._in_use -= self._taken.pop(id(buf), len(buf))
             self._free.append(buf)
             self._cond.notify_all()
+
+    def close(self):
+        """The upload ended: every buffer goes back to the process budget."""
+        with self._cond:
+            n, self._allocated = self._allocated, 0
+            self._free.clear()
+        BUDGET.give(n)
 
 
 class _MultipartUpload:
@@ -1088,6 +1117,14 @@ class Store(driver.Store):
         """Send the image: one PUT if it fits in the first part, else a
         multipart upload with parts sent in parallel. Returns the size."""
         buffers = _PartBuffers((self.thread_pools + 1) * first_part)
+        try:
+            return self._send_parts(client, bucket, key, chunks, checker, hasher, image_size,
+                                    first_part, buffers)
+        finally:
+            buffers.close()
+
+    def _send_parts(self, client, bucket, key, chunks, checker, hasher, image_size,
+                    first_part, buffers):
         mpu = _MultipartUpload(self, client, bucket, key, buffers)
         number = 1
         buf = buffers.take(first_part)

@@ -29,6 +29,9 @@ OPTS = [
                help="MiB of writes that arrived ahead of the stream (O_DIRECT writers "
                     "have several in flight) held per open file until the bytes before "
                     "them arrive."),
+    cfg.IntOpt("memory_mib", default=128, min=16,
+               help="MiB that all uploads of the daemon may hold at once (s3 part "
+                    "buffers and upload queues; see docs/memory.md)."),
     cfg.IntOpt("readahead_mib", default=32, min=0,
                help="MiB fetched ahead per open file on sequential reads, in blocks "
                     "of up to 8 MiB fetched in parallel."),
@@ -87,6 +90,7 @@ class Settings:
         self.spool_commit_delay = g.spool_commit_delay
         self.upload_queue = g.upload_queue_mib * 1024 * 1024
         self.reorder_window = g.reorder_window_mib * 1024 * 1024
+        self.memory = g.memory_mib * 1024 * 1024
         self.readahead = g.readahead_mib * 1024 * 1024
         self.cache_ttl = g.cache_ttl
         self.worker_threads = g.worker_threads

@@ -47,6 +47,7 @@ import pyfuse3
 import trio
 
 from gsfs import driver, exceptions, process
+from gsfs.budget import BUDGET
 from gsfs.fs import errors
 from gsfs.fs.errors import ChecksumMismatch
 
@@ -113,6 +114,10 @@ class UploadPipe:
     memoryview slices of them when the driver asks for less.
     """
 
+    # drivers that read in small chunks (the file driver: 64 KiB) read this
+    # much at once from the queue: whole written buffers
+    preferred_read_size = CHUNK
+
     def __init__(self, limit, guard):
         self.cond = threading.Condition()
         self.items = collections.deque()
@@ -138,13 +143,25 @@ class UploadPipe:
                 if self.closed:
                     raise trio.ClosedResourceError
                 if self.queued < self.limit:
-                    self.items.append(data)
-                    self.queued += len(data)
-                    self.cond.notify()
-                    return
-                if self.space is None:
-                    self.space = trio.Event()
-                event = self.space
+                    if not self.items:
+                        # an empty queue always takes one: its upload goes on
+                        BUDGET.force(len(data))
+                        drawn = True
+                    else:
+                        drawn = BUDGET.try_draw(len(data))
+                    if drawn:
+                        self.items.append(data)
+                        self.queued += len(data)
+                        self.cond.notify()
+                        return
+                    # the process budget is spent: wait until bytes are given back
+                    event = trio.Event()
+                    if not BUDGET.wait_token(self.token, event):
+                        continue
+                else:
+                    if self.space is None:
+                        self.space = trio.Event()
+                    event = self.space
             await event.wait()
 
     def _wake_writer(self):
@@ -164,8 +181,9 @@ class UploadPipe:
         with self.cond:
             self.reader_gone = True
             self.items.clear()
-            self.queued = 0
+            queued, self.queued = self.queued, 0
             self._wake_writer()
+        BUDGET.give(queued)
 
     # -- the driver's side (its worker thread) -----------------------------------
     def read(self, n=-1):
@@ -187,6 +205,8 @@ class UploadPipe:
                     self.queued -= len(self.buf)
                     if self.space is not None and self.queued <= self.limit // 2:
                         wake, self.space = self.space, None
+            if self.buf is not None:
+                BUDGET.give(len(self.buf))
             if wake is not None:
                 trio.from_thread.run_sync(wake.set, trio_token=self.token)
             if self.eof:

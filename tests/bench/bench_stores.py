@@ -72,10 +72,41 @@ def peak_rss_mib(pid):
     return 0.0
 
 
+def parallel_copies(mount, s3, bucket, work, n):
+    """n cp of different 256 MiB images into s3 at once, on a fresh daemon
+    (so its peak RSS is theirs): (seconds, n, peak RSS, RSS after, all right)."""
+    mount.umount()
+    mount.start()
+    pid = int(os.getxattr(mount.mountpoint, "user.gsfs.pid"))
+    srcs = []
+    for i in range(n):
+        path = os.path.join(work, "par%d.raw" % i)
+        make_source(path, 256)
+        srcs.append(path)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["cp", p, str(mount.path("s3", "par%d" % i))])
+             for i, p in enumerate(srcs)]
+    ok = all(p.wait() == 0 for p in procs)
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_mib(pid)
+    for i, p in enumerate(srcs):
+        with open(p, "rb") as f:
+            want = hashlib.md5(f.read()).hexdigest()
+        got = os.getxattr(mount.path("s3", "par%d" % i), "user.glance.checksum").decode()
+        ok = ok and got == want
+        os.unlink(p)
+    time.sleep(2)
+    with open("/proc/%d/status" % pid) as f:
+        after = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    return seconds, n, peak, after, ok
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--parallel", type=int, default=16,
+                   help="then this many 256 MiB copies into s3 at once (0: skip)")
     args = p.parse_args(argv)
     work = tempfile.mkdtemp(prefix="gsfs-bench-", dir="/tmp")
     size = args.size_mib * MiB
@@ -135,6 +166,9 @@ def main(argv=None):
                                            out + ".rbd"))
             os.unlink(out + ".rbd")
         peak = peak_rss_mib(pid)
+        parallel = None
+        if args.parallel:
+            parallel = parallel_copies(mount, s3, bucket, work, args.parallel)
     finally:
         if mount is not None:
             mount.stop()
@@ -156,6 +190,10 @@ def main(argv=None):
     for label, a, b in pairs:
         print("%-30s %5.2f" % (label, rate[a] / rate[b]))
     print("daemon peak RSS: %.0f MiB" % peak)
+    if parallel:
+        seconds, n, top, after, ok = parallel
+        print("%d parallel 256 MiB copies into s3: %.1f s, daemon peak RSS %.0f MiB, "
+              "RSS 2 s after %.0f MiB, all checksums right: %s" % (n, seconds, top, after, ok))
     return 0
 
 

@@ -31,6 +31,7 @@ import time
 
 import boto3.s3.transfer
 
+from tests.bench.bench_copy import hashlib_both as hash_one_thread
 from tests.bench.bench_copy import make_source
 from tests.servers.ceph import CephCluster
 from tests.servers.mounts import GsfsMount, ini_text
@@ -54,14 +55,6 @@ def timed(func, *args):
     t0 = time.perf_counter()
     func(*args)
     return time.perf_counter() - t0
-
-
-def hash_one_thread(path):
-    md5, sha = hashlib.md5(), hashlib.sha512()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            md5.update(chunk)
-            sha.update(chunk)
 
 
 def peak_rss_mib(pid):

@@ -29,7 +29,7 @@ OPTS = [
                help="MiB of writes that arrived ahead of the stream (O_DIRECT writers "
                     "have several in flight) held per open file until the bytes before "
                     "them arrive."),
-    cfg.IntOpt("memory_mib", default=128, min=16,
+    cfg.IntOpt("memory_mib", default=96, min=16,
                help="MiB that all uploads of the daemon may hold at once (s3 part "
                     "buffers and upload queues; see docs/memory.md)."),
     cfg.IntOpt("readahead_mib", default=32, min=0,

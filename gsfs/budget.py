@@ -14,8 +14,9 @@ nothing at all (so one part larger than the whole budget still goes). Waits
 end because what is drawn is given back without drawing more: a part being
 uploaded, or queued bytes being read by the driver.
 
-Blocking ``draw`` is for worker threads; the trio side uses ``try_draw``
-and waits on ``space`` (a trio Event, set whenever bytes are given back).
+Worker threads wait on ``cond`` (s3's part buffers share it as their lock);
+the trio side uses ``try_draw`` and, when that fails, ``wait_for`` with a
+trio Event that the next ``give`` or ``wake`` sets.
 """
 
 import threading
@@ -25,7 +26,6 @@ class Budget:
     def __init__(self, limit=None):
         self.limit = limit          # bytes, or None: no limit
         self.used = 0
-        self.peak = 0
         self.cond = threading.Condition()
         self._waiters = []          # (trio token, trio Event) of trio-side waiters
 
@@ -39,7 +39,6 @@ class Budget:
 
     def _take(self, n):
         self.used += n
-        self.peak = max(self.peak, self.used)
 
     def try_draw(self, n):
         with self.cond:
@@ -54,13 +53,18 @@ class Budget:
         with self.cond:
             self._take(n)
 
+    def give_locked(self, n):
+        """Give back ``n`` bytes while holding ``cond``; call ``wake()`` once
+        it is released."""
+        self.used -= n
+        self.cond.notify_all()
+
     def give(self, n):
         """Give back ``n`` bytes. Never call it while holding ``cond``."""
         if n <= 0:
             return
         with self.cond:
-            self.used -= n
-            self.cond.notify_all()
+            self.give_locked(n)
         self.wake()
 
     def wake(self):
@@ -70,10 +74,11 @@ class Budget:
         for token, event in waiters:
             _set_event(token, event)
 
-    def wait_token(self, token, event):
-        """Register a trio Event to be set at the next give()."""
+    def wait_for(self, n, token, event):
+        """Register a trio Event to be set at the next give() or wake(), unless
+        ``n`` bytes fit now (then False: try again)."""
         with self.cond:
-            if self._fits(1):
+            if self._fits(n):
                 return False
             self._waiters.append((token, event))
             return True

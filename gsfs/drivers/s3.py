@@ -533,7 +533,7 @@ class _PartBuffers:
                     dropped = sum(len(b) for b in self._free)
                     self._free.clear()
                     self._allocated -= dropped
-                    BUDGET.used -= dropped
+                    BUDGET.give_locked(dropped)
                     released += dropped
                 drawn = BUDGET.try_draw(size)
                 if not drawn and not self._allocated and not self._in_use:

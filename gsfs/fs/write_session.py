@@ -156,7 +156,7 @@ class UploadPipe:
                         return
                     # the process budget is spent: wait until bytes are given back
                     event = trio.Event()
-                    if not BUDGET.wait_token(self.token, event):
+                    if not BUDGET.wait_for(len(data), self.token, event):
                         continue
                 else:
                     if self.space is None:

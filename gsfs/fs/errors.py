@@ -86,15 +86,13 @@ class Failures:
             out.setdefault(store, {})[op] = n
         return out
 
-    def total(self, store):
-        return sum(n for (s, _op), n in self.counts.items() if s == store)
 
 
 def _name(code):
     return errno.errorcode.get(code, str(code))
 
 
-def report(exc, op, path, store=None, failures=None, level=logging.ERROR):
+def report(exc, op, path, store=None, failures=None):
     """Log one line for a failure (with the traceback if it is not an expected
     kind), count it, and return its errno."""
     code = errno_of(exc)
@@ -103,17 +101,12 @@ def report(exc, op, path, store=None, failures=None, level=logging.ERROR):
     if isinstance(exc, pyfuse3.FUSEError):
         return code
     if isinstance(exc, KNOWN):
-        LOG.log(level, "%s %s failed: %s (store %s): %s: %s", op, path, _name(code),
-                store or "-", type(exc).__name__, exc)
+        LOG.error("%s %s failed: %s (store %s): %s: %s", op, path, _name(code),
+                  store or "-", type(exc).__name__, exc)
     else:
         LOG.error("%s %s failed: %s (store %s): unexpected %s: %s", op, path, _name(code),
                   store or "-", type(exc).__name__, exc, exc_info=exc)
     return code
-
-
-def to_fuse_error(exc, op, path, store=None, failures=None, level=logging.ERROR):
-    """``report`` and return the FUSEError to raise."""
-    return pyfuse3.FUSEError(report(exc, op, path, store, failures, level))
 
 
 def refuse(code, op, path, why, store=None, level=logging.WARNING):
@@ -133,11 +126,10 @@ def funnel(op, method):
             return await method(self, *args)
         except pyfuse3.FUSEError as e:
             if (op, e.errno) not in NORMAL:
-                path, store = self.describe(op, args)
-                self.failures.count(store, op)
+                self.failures.count(self.describe(op, args)[1], op)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may end the daemon
             path, store = self.describe(op, args)
-            raise to_fuse_error(e, op, path, store, self.failures) from None
+            raise pyfuse3.FUSEError(report(e, op, path, store, self.failures)) from None
 
     return handler

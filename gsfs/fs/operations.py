@@ -389,9 +389,7 @@ class Operations(pyfuse3.Operations):
             return
         # A writer being killed, or exiting non-zero, closes its files in the
         # kernel's exit path: that flush is not the end of a finished copy.
-        why = session.writer_failure(h.pid)
-        if why is not None:
-            await session.abandon("its writer " + why)
+        if await session.abandon_if_writer_failed(h.pid):
             return
         # Only a flush after data was written commits: a shell's close of its
         # copy of the descriptor before the command writes must not publish an
@@ -420,9 +418,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(session, SpoolSession):
             session.released()
         elif isinstance(session, StreamSession) and h.created and not session.done.is_set():
-            why = session.writer_failure(h.pid)   # a zombie still tells
-            if why is not None:
-                await session.abandon("its writer " + why)
+            if await session.abandon_if_writer_failed(h.pid):   # a zombie still tells
                 return
             try:
                 await session.commit()
@@ -657,14 +653,14 @@ class Operations(pyfuse3.Operations):
 
     def status(self):
         stores = []
+        failures = self.failures.per_store()
         for store_id in sorted(self.namespace.store_dirs):
             d = self.namespace.store_dirs[store_id]
             counters = dict(self.stats.per_store.get(store_id, {}))
-            counters["errors"] = self.failures.total(store_id)
+            counters["errors"] = sum(failures.get(store_id, {}).values())
             stores.append({"id": store_id, "type": d.store.STORE_TYPE,
                            "read_only": d.read_only, "weight": d.store.weight,
-                           "counters": counters,
-                           "failures": self.failures.per_store().get(store_id, {})})
+                           "counters": counters})
         return {"pid": os.getpid(), "mountpoint": self.mountpoint,
                 "uptime_s": round(time.time() - self.started, 1),
                 "stores": stores,
@@ -672,7 +668,7 @@ class Operations(pyfuse3.Operations):
                 "pending_spooled": [s.status() for s in list(self.spools)
                                     if s not in self.uploads],
                 "downloads": [r.status() for r in list(self.downloads)],
-                "failures": self.failures.per_store(),
+                "failures": failures,
                 "spool_used_bytes": self.spool_used}
 
 

@@ -414,7 +414,7 @@ class StreamSession(_Session):
         while True:
             self.raise_if_failed()
             if offset < self.pos or self._overlaps_window(offset, len(data)):
-                raise await self.poison(
+                raise self.poison(
                     errno.EINVAL, "write at offset %d of %d bytes overlaps bytes already "
                     "written (%d streamed, %d waiting in the reorder window); files opened "
                     "write-only are uploaded as they are written, once. Open the file "
@@ -430,28 +430,28 @@ class StreamSession(_Session):
                 return len(data)
             if self.feeding == 0:
                 # the window is full and nothing can fill the gap: it is a hole
-                await self._claim_and_send([])
+                await self._fill_hole()
             else:
-                await self._wait_moved()
+                await self.progress.wait()
 
     def _overlaps_window(self, offset, length):
         end = offset + length
         return any(o < end and offset < o + len(d) for o, d in self.window.items())
 
+    async def _fill_hole(self):
+        """Zero-fill from the stream position up to the window's first piece."""
+        gap = min(self.window) - self.pos
+        LOG.debug("%s: a hole of %d bytes at offset %d", self.image.path, gap, self.pos)
+        await self._claim_and_send([gap])
+
     async def _claim_and_send(self, pieces):
-        """Claim ``pieces`` (contiguous from pos; empty: zero-fill up to the
-        window's first piece), then every window piece that has become
-        contiguous, and send them in order."""
+        """Claim ``pieces`` (contiguous from pos: bytes, or an int for that many
+        zero bytes), then every window piece that has become contiguous, and
+        send them in order."""
         claimed = []
-        if not pieces and self.window:
-            first = min(self.window)
-            claimed.append(first - self.pos)        # an int: that many zero bytes
-            LOG.debug("%s: a hole of %d bytes at offset %d", self.image.path,
-                      first - self.pos, self.pos)
-            self.pos = first
         for piece in pieces:
             claimed.append(piece)
-            self.pos += len(piece)
+            self.pos += piece if isinstance(piece, int) else len(piece)
         while self.pos in self.window:
             piece = self.window.pop(self.pos)
             claimed.append((piece,))               # a tuple: from the window
@@ -477,9 +477,6 @@ class StreamSession(_Session):
         self.progress.set()
         self.progress = trio.Event()
 
-    async def _wait_moved(self):
-        await self.progress.wait()
-
     async def _zero_fill(self, length):
         while length > 0:
             n = min(length, CHUNK)
@@ -497,32 +494,24 @@ class StreamSession(_Session):
 
     async def _drain_window(self):
         while self.window:
-            await self._claim_and_send([])
+            await self._fill_hole()
         while self.feeding:
-            await self._wait_moved()
+            await self.progress.wait()
 
     async def truncate(self, size):
         self.raise_if_failed()
         if size >= self.size:
             await self._drain_window()
             if size > self.pos:
-                self.feeding += 1
-                try:
-                    async with self.send_lock:
-                        gap, self.pos = size - self.pos, size
-                        self.size = size
-                        await self._zero_fill(gap)
-                finally:
-                    self.feeding -= 1
-                    self._moved()
+                await self._claim_and_send([size - self.pos])
             # data now: the opener's flush commits (cp of an all-hole file)
             self.wrote = True
             return
-        raise await self.poison(errno.EINVAL, "cannot shrink a streaming upload from %d to "
+        raise self.poison(errno.EINVAL, "cannot shrink a streaming upload from %d to "
                                 "%d bytes" % (self.size, size))
 
     # -- ending ---------------------------------------------------------------
-    async def poison(self, code, reason):
+    def poison(self, code, reason):
         """A write, truncate or fsync failed: the upload is aborted (the driver
         removes what it wrote), later writes and the close fail with ``code``,
         nothing is published. Returns the FUSEError to raise."""
@@ -532,10 +521,7 @@ class StreamSession(_Session):
         if self.errno is None and not self.done.is_set():
             self.errno = code
             self.poisoned = reason
-            self.pipe.aborted = reason
-            self.closing = True
-            self.window.clear()
-            self.pipe.close()
+            self._halt(reason)
         return err
 
     async def commit(self):
@@ -544,7 +530,7 @@ class StreamSession(_Session):
             self.raise_if_failed()
             await self._drain_window()
             if self.guard.expected_size is not None and self.guard.expected_size != self.size:
-                err = await self.poison(
+                err = self.poison(
                     errno.EIO, "size mismatch: user.glance.size was set to %d, %d bytes were "
                     "written" % (self.guard.expected_size, self.size))
                 await self.done.wait()      # the driver has removed what it wrote
@@ -553,6 +539,15 @@ class StreamSession(_Session):
             self.pipe.close()
         await self.done.wait()
         self.raise_if_failed()
+
+    async def abandon_if_writer_failed(self, pid):
+        """At the opener's flush or release: abandon the upload if the opener
+        ``pid`` is being killed or exits non-zero. True if it was abandoned."""
+        why = self.writer_failure(pid)
+        if why is None:
+            return False
+        await self.abandon("its writer " + why)
+        return True
 
     async def abandon(self, reason):
         """The writer is dying: publish nothing, leave a replaced image intact."""
@@ -572,11 +567,15 @@ class StreamSession(_Session):
         await self._stop(reason)
 
     async def _stop(self, reason):
+        self._halt(reason)
+        await self.done.wait()
+
+    def _halt(self, reason):
+        """End the stream so that the driver's next read raises UploadAborted."""
         self.pipe.aborted = reason
         self.closing = True
         self.window.clear()
         self.pipe.close()
-        await self.done.wait()
 
 
 class SpoolSession(_Session):

@@ -939,21 +939,22 @@ class FaultProxy:
 # ------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def rgw_proxy(ceph):
-    """A FaultProxy (kind="s3") in front of radosgw; stopped after the test."""
-    proxy = FaultProxy(ceph.rgw_endpoint, kind="s3").start()
+def _running(proxy):
+    """Start ``proxy`` for one test and stop it afterwards (fixture body)."""
+    proxy.start()
     try:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def rgw_proxy(ceph):
+    """A FaultProxy (kind="s3") in front of radosgw; stopped after the test."""
+    yield from _running(FaultProxy(ceph.rgw_endpoint, kind="s3"))
 
 
 @pytest.fixture
 def http_proxy(http_server):
     """A FaultProxy (kind="http") in front of the test HTTP server; stopped afterwards."""
-    proxy = FaultProxy(http_server.base_url, kind="http").start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+    yield from _running(FaultProxy(http_server.base_url, kind="http"))

@@ -21,7 +21,7 @@ PACKAGES=(
   # FUSE 3 and what building pyfuse3 from source needs
   fuse3 libfuse3-dev pkg-config gcc python3-dev
   # tools the tests use
-  attr rsync qemu-utils curl uuid-runtime iproute2 procps make
+  attr rsync qemu-utils curl uuid-runtime iproute2 procps make strace
   # single-node Ceph for the rbd and S3 tests (tests/servers/ceph.sh)
   ceph-mon ceph-osd ceph-common radosgw python3-rados python3-rbd
   # venv for Debian's python3; systemd for systemd-analyze (unit file checks)

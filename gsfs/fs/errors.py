@@ -56,7 +56,7 @@ KNOWN = (exceptions.GlanceStoreException, exceptions.BackendException, OSError)
 
 # Answers that are not failures: a name that does not exist, an attribute not set.
 NORMAL = {("lookup", errno.ENOENT), ("getxattr", errno.ENODATA),
-          ("rename", errno.EXDEV)}
+          ("getxattr", errno.ENOTSUP), ("rename", errno.EXDEV)}
 
 
 def errno_of(exc):

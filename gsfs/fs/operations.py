@@ -516,7 +516,7 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes ---------------------------------------------------------
     async def getxattr(self, inode, name, ctx):
         if xattrs.is_fast_refusal(name):
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
         node = self._node(inode)
         value = await xattrs.get(self, node, _name(name))
         return value.encode()

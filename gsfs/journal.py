@@ -1,5 +1,6 @@
 """A small local journal of work this host has in progress on a shared backend
-(the S3 driver journals its multipart uploads with it).
+(the S3 driver journals its multipart uploads with it, the Swift driver its
+segmented uploads). ``begin``/``end`` record a piece of work and its end.
 
 One JSON file per entry in one directory, written atomically (temp file, fsync,
 rename) and removed when the work ends. After a crash the entries left behind
@@ -13,10 +14,14 @@ a dead process's entries alive.
 """
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
 import os
+import socket
+
+from gsfs import process
 
 LOG = logging.getLogger(__name__)
 
@@ -63,6 +68,25 @@ class Journal:
                 os.unlink(tmp)
             return False
         return True
+
+    def begin(self, name, **fields):
+        """Record work this process starts: ``fields`` plus the host, pid,
+        process tag and start time that tell a later cleanup whose it is."""
+        entry = dict(fields, host=socket.gethostname(), pid=os.getpid(),
+                     process=process.process_tag(os.getpid()),
+                     started=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        return self.add(name, entry)
+
+    def end(self, name, gone=True):
+        """The work ended: its entry goes (``gone``), or, if what it left could
+        not be removed, stays marked abandoned for cleanup."""
+        if gone:
+            self.remove(name)
+            return
+        entry = self.get(name)
+        if entry is not None:
+            entry["abandoned"] = True
+            self.add(name, entry)
 
     def get(self, name):
         """The entry stored under ``name``, or None."""

@@ -56,10 +56,12 @@ MASK = "***"
 
 #: Loggers switched to DEBUG by ``--debug`` (gsfs itself plus the S3 client's
 #: request traces).  Everything else stays at INFO/WARNING.
-DEBUG_LOGGERS = ("gsfs", "botocore", "boto3", "s3transfer", "urllib3")
+DEBUG_LOGGERS = ("gsfs", "botocore", "boto3", "s3transfer", "urllib3", "swiftclient",
+                 "keystoneauth")
 
 #: Libraries too chatty at INFO for normal operation.
-QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "stevedore")
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "stevedore", "swiftclient",
+                 "keystoneauth")
 
 #: Messages longer than this are cut (botocore's debug output can contain whole
 #: request bodies); see ``_truncate`` for how a secret at the cut is handled.
@@ -107,7 +109,7 @@ _CEPHX_RE = re.compile(r"(?<![A-Za-z0-9+/])AQ[A-Za-z0-9+/]{36}==")
 # quote, a backslash (an escaped \r\n inside a bytes repr) or a line end.
 _HEADER_RE = re.compile(
     r"(?P<head>" + _NAME_START + r"['\"]?(?:proxy-authorization|authorization"
-    r"|x-amz-security-token|x-auth-token|x-subject-token|x-storage-token"
+    r"|x-amz-security-token|x-auth-token|x-auth-key|x-subject-token|x-storage-token"
     r"|cookie|set-cookie)['\"]?\s*[:=]\s*(?:b?['\"])?)(?P<secret>[^'\"\\\r\n]+)",
     re.IGNORECASE)
 

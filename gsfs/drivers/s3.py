@@ -103,7 +103,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import socket
 import threading
@@ -986,24 +985,15 @@ class Store(driver.Store):
 
     def _upload_started(self, client, bucket, key, upload_id):
         self._active_uploads.add(upload_id)
-        self.journal.add(self._journal_name(bucket, key, upload_id), {
-            "endpoint": client.meta.endpoint_url, "bucket": bucket, "key": key,
-            "upload_id": upload_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "process": process.process_tag(os.getpid()),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        self.journal.begin(self._journal_name(bucket, key, upload_id),
+                           endpoint=client.meta.endpoint_url, bucket=bucket, key=key,
+                           upload_id=upload_id)
 
     def _upload_ended(self, bucket, key, upload_id, gone=True):
         """The upload completed or was aborted (``gone``), or its abort failed:
         then the entry stays, marked abandoned, for cleanup_leftovers()."""
         self._active_uploads.discard(upload_id)
-        name = self._journal_name(bucket, key, upload_id)
-        if gone:
-            self.journal.remove(name)
-            return
-        entry = self.journal.get(name)
-        if entry is not None:
-            entry["abandoned"] = True
-            self.journal.add(name, entry)
+        self.journal.end(self._journal_name(bucket, key, upload_id), gone)
 
     # -- glance_store API ----------------------------------------------------
     @capabilities.check

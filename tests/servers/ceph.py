@@ -117,6 +117,9 @@ class CephCluster:
             self.rgw_endpoint = self.env["RGW_ENDPOINT"]
             self.access_key = self.env["RGW_ACCESS_KEY"]
             self.secret_key = self.env["RGW_SECRET_KEY"]
+            self.swift_auth = self.env["SWIFT_AUTH"]
+            self.swift_user = self.env["SWIFT_USER"]
+            self.swift_key = self.env["SWIFT_KEY"]
         except KeyError as e:
             self.stop()
             raise CephClusterError("`ceph.sh up` printed no %s:\n%s" % (e, proc.stdout)) from None
@@ -188,6 +191,16 @@ class CephCluster:
             aws_secret_access_key=self.secret_key,
             config=Config(**opts),
         )
+
+    def swift_connection(self, authurl=None, **kwargs):
+        """A python-swiftclient Connection to radosgw's Swift API (v1 auth as
+        the ``gsfs:swift`` subuser); ``authurl`` goes elsewhere (a fault proxy)."""
+        import swiftclient
+
+        opts = dict(auth_version="1", retries=1, timeout=60)
+        opts.update(kwargs)
+        return swiftclient.Connection(authurl=authurl or self.swift_auth,
+                                      user=self.swift_user, key=self.swift_key, **opts)
 
     def _run(self, *args: str, timeout: float = 60, check: bool = True):
         if self.dir is None:

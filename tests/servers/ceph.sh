@@ -7,6 +7,7 @@
 #                          assignments on stdout (eval-able):
 #                            CEPH_CONF CEPH_FSID CEPH_POOL CEPH_USER
 #                            RGW_ENDPOINT RGW_ACCESS_KEY RGW_SECRET_KEY
+#                            SWIFT_AUTH SWIFT_USER SWIFT_KEY
 #                          (also saved in DIR/cluster.env). On failure it tears down
 #                          whatever it started, removes DIR and exits non-zero.
 #   ceph.sh down DIR       stop radosgw, then the osd, then the mon (SIGTERM, SIGKILL after
@@ -17,7 +18,8 @@
 # The pool 'images' is initialised for rbd; the cephx user client.gsfs has
 # mon 'profile rbd' osd 'profile rbd pool=images' and its keyring is DIR/client.gsfs.keyring,
 # found through ceph.conf (keyring = DIR/$name.keyring): rados.Rados(conffile=..., rados_id='gsfs').
-# The S3 user 'gsfs' gets random keys (or RGW_ACCESS_KEY / RGW_SECRET_KEY from the environment).
+# The S3 user 'gsfs' gets random keys (or RGW_ACCESS_KEY / RGW_SECRET_KEY from the environment);
+# its Swift subuser 'gsfs:swift' a random swift key (or RGW_SWIFT_KEY), v1 auth at SWIFT_AUTH.
 #
 # Environment knobs:
 #   CEPH_BLUESTORE_BYTES     size of the OSD's sparse block file (default 24 GiB)
@@ -296,6 +298,13 @@ cmd_up() {
     --access-key="$access_key" --secret-key="$secret_key" >"$d/log/rgw-user.json" 2>&1 \
     || die "radosgw-admin user create failed"
   say "S3 user $RGW_UID created"
+  # the same user's Swift API: subuser UID:swift with a swift key (v1 auth at /auth/1.0)
+  local swift_key
+  swift_key=${RGW_SWIFT_KEY:-$(random_key 40)}
+  radosgw-admin "${c[@]}" subuser create --uid="$RGW_UID" --subuser="$RGW_UID:swift" \
+    --access=full --key-type=swift --secret-key="$swift_key" >"$d/log/rgw-subuser.json" 2>&1 \
+    || die "radosgw-admin subuser create failed"
+  say "Swift subuser $RGW_UID:swift created"
 
   {
     printf 'CEPH_CONF=%q\n' "$d/ceph.conf"
@@ -305,6 +314,9 @@ cmd_up() {
     printf 'RGW_ENDPOINT=%q\n' "http://127.0.0.1:$rgw_port"
     printf 'RGW_ACCESS_KEY=%q\n' "$access_key"
     printf 'RGW_SECRET_KEY=%q\n' "$secret_key"
+    printf 'SWIFT_AUTH=%q\n' "http://127.0.0.1:$rgw_port/auth/1.0"
+    printf 'SWIFT_USER=%q\n' "$RGW_UID:swift"
+    printf 'SWIFT_KEY=%q\n' "$swift_key"
   } >"$d/cluster.env"
 
   if [ -n "${CEPH_OWNER_PID:-}" ]; then

@@ -6,6 +6,8 @@ Load with ``pytest_plugins = ["tests.servers.fixtures"]`` (tests/conftest.py doe
   of the session, on failure and on interruption (SIGTERM is turned into KeyboardInterrupt
   while it runs so pytest tears it down; an atexit hook and a watchdog in ceph.sh remain as
   last resorts). Missing Ceph programs FAIL the tests (never skip): run ``make setup``.
+- ``swift_container`` (function): a fresh container on radosgw's Swift API; emptied and
+  removed afterwards. ``swift_config_file``: a glance-swift.conf for it (reference ref1).
 - ``s3_bucket`` (function): the name of a fresh, uniquely named bucket on radosgw; emptied
   (objects, versions, pending multipart uploads) and deleted afterwards. Use
   ``ceph.s3_client()`` for a client.
@@ -62,3 +64,26 @@ def s3_bucket(ceph):
         if not ceph.rgw_running:  # a test stopped radosgw and did not bring it back
             ceph.start_rgw()
         purge_bucket(ceph.s3_client(), name)
+
+
+@pytest.fixture
+def swift_container(ceph):
+    """A fresh container on radosgw's Swift API (the same namespace as S3
+    buckets: it is emptied and removed through S3 afterwards)."""
+    name = "gsfs-swift-%s" % uuid.uuid4().hex[:20]
+    ceph.swift_connection().put_container(name)
+    try:
+        yield name
+    finally:
+        if not ceph.rgw_running:
+            ceph.start_rgw()
+        purge_bucket(ceph.s3_client(), name)
+
+
+@pytest.fixture
+def swift_config_file(ceph, tmp_path):
+    """A glance-swift.conf with reference ``ref1`` for the gsfs:swift subuser (v1 auth)."""
+    path = tmp_path / "glance-swift.conf"
+    path.write_text("[ref1]\nuser = %s\nkey = %s\nauth_address = %s\nauth_version = 1\n"
+                    % (ceph.swift_user, ceph.swift_key, ceph.swift_auth))
+    return path

@@ -141,11 +141,12 @@ def ini_text(sections):
 
 @pytest.fixture
 def stores_conf(tmp_path, request):
-    """``stores_conf("file", "http", "s3", "rbd", default="file")`` → ini text.
+    """``stores_conf("file", "http", "s3", "rbd", "swift", default="file")`` → ini text.
 
     The store ids are the names given. s3 gets a fresh bucket (emptied and
-    removed afterwards); rbd uses the session cluster's pool, and every image a
-    test creates there is removed afterwards (fixture ``rbd_pool``).
+    removed afterwards), swift a fresh container (v1 auth, small segments); rbd
+    uses the session cluster's pool, and every image a test creates there is
+    removed afterwards (fixture ``rbd_pool``).
     """
 
     def make(*kinds, default=None, extra=None):
@@ -170,6 +171,14 @@ def stores_conf(tmp_path, request):
                                   "s3_store_large_object_size": 16,
                                   "s3_store_large_object_chunk_size": 5,
                                   "s3_store_thread_pools": 4}
+            elif kind == "swift":
+                container = request.getfixturevalue("swift_container")
+                sections["swift"] = {
+                    "swift_store_config_file": request.getfixturevalue("swift_config_file"),
+                    "swift_store_container": container,
+                    "swift_store_large_object_size": 8,          # 8,192,000 bytes
+                    "swift_store_large_object_chunk_size": 4,
+                    "gsfs_swift_journal_dir": tmp_path / "swift-journal"}
             elif kind == "rbd":
                 ceph = request.getfixturevalue("ceph")
                 pool = request.getfixturevalue("rbd_pool")

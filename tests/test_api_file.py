@@ -84,13 +84,13 @@ weight = 10
 filesystem_store_datadir = {tmp}/cheap
 filesystem_store_chunk_size = 4
 
-[swift1]
-store_description = Object storage gsfs has no driver for
-swift_store_auth_address = http://keystone.example:5000/v3
-swift_store_user = service:glance
-swift_store_key = secret
-swift_store_container = glance
-swift_store_create_container_on_put = true
+[cinder1]
+store_description = Block storage gsfs has no driver for
+cinder_catalog_info = volumev3::publicURL
+cinder_store_auth_address = http://keystone.example:5000/v3
+cinder_store_user_name = glance
+cinder_store_password = secret
+cinder_store_project_name = service
 
 [os_glance_staging_store]
 filesystem_store_datadir = {tmp}/staging
@@ -104,7 +104,7 @@ filesystem_store_datadir = {tmp}/tasks
 """
 
 
-def render_conf(tmp, enabled="fast:file, cheap:file, swift1:swift", extra="",
+def render_conf(tmp, enabled="fast:file, cheap:file, cinder1:cinder", extra="",
                 default_backend="fast", tasks_datadir=True):
     return GLANCE_API_CONF.format(
         enabled=enabled, tmp=tmp,
@@ -120,7 +120,7 @@ def glance(tmp_path):
     and after the test)."""
     reset_global_state()
 
-    def load(enabled="fast:file, cheap:file, swift1:swift", extra="", default_backend="fast",
+    def load(enabled="fast:file, cheap:file, cinder1:cinder", extra="", default_backend="fast",
              reserved=RESERVED, register_enabled=True):
         load_stores(tmp_path, render_conf(tmp_path, enabled, extra, default_backend),
                     reserved_stores=reserved, filename="glance-api.conf",
@@ -205,7 +205,7 @@ def add_file(store_id, image_id, data=DATA, size=None, algo="sha256"):
 
 # ================================================================ configuration, §2/§3
 
-def test_glance_api_conf_loads_with_one_warning_for_swift(glance, caplog):
+def test_glance_api_conf_loads_with_one_warning_for_cinder(glance, caplog):
     caplog.set_level(logging.WARNING)
     s = glance()
     # 2 operator file stores + 2 reserved file stores, 2 schemes each: scheme
@@ -213,12 +213,12 @@ def test_glance_api_conf_loads_with_one_warning_for_swift(glance, caplog):
     assert s.count == 8
     assert sorted(multi_backend.get_known_schemes_for_multi_store()) == ["file", "filesystem"]
     warnings = [r.getMessage() for r in caplog.records
-                if r.levelno >= logging.WARNING and "swift" in r.getMessage()]
+                if r.levelno >= logging.WARNING and "cinder" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert "swift1:swift" in warnings[0]
+    assert "cinder1:cinder" in warnings[0]
     assert multi_backend.verify_store() is None
     # reserved stores are loaded but not added to enabled_backends
-    assert dict(CONF.enabled_backends) == {"fast": "file", "cheap": "file", "swift1": "swift"}
+    assert dict(CONF.enabled_backends) == {"fast": "file", "cheap": "file", "cinder1": "cinder"}
     assert sorted(multi_backend.stores()) == sorted(
         ["fast", "cheap", "os_glance_staging_store", "os_glance_tasks_store"])
     # unrelated sections are there and untouched
@@ -264,8 +264,8 @@ def test_get_store_from_store_identifier(stores):
     assert str(e.value) == "Store for identifier nope not found"
     # an enabled store of a type gsfs lacks: its type is looked up as a scheme
     with pytest.raises(exceptions.UnknownScheme) as e:
-        multi_backend.get_store_from_store_identifier("swift1")
-    assert str(e.value) == "Unknown scheme 'swift' found in URI"
+        multi_backend.get_store_from_store_identifier("cinder1")
+    assert str(e.value) == "Unknown scheme 'cinder' found in URI"
 
 
 def test_verify_store_default_backend_not_set(glance):
@@ -278,7 +278,7 @@ def test_verify_store_default_backend_not_set(glance):
         multi_backend.add(CONF, "x", io.BytesIO(b"x"), 1, None)
 
 
-@pytest.mark.parametrize("default_backend", ["nope", "swift1"])
+@pytest.mark.parametrize("default_backend", ["nope", "cinder1"])
 def test_verify_store_unknown_default_backend(glance, default_backend):
     glance(default_backend=default_backend)
     with pytest.raises(RuntimeError) as e:
@@ -294,8 +294,8 @@ def test_weights_and_descriptions_from_the_ini(stores):
     assert multi_backend.get_store_from_store_identifier("cheap").description == "Slow bulk disk"
     with pytest.raises(exceptions.UnknownScheme, match="^Store for identifier nope not found$"):
         multi_backend.get_store_weight("nope")
-    with pytest.raises(exceptions.UnknownScheme, match="^Unknown scheme 'swift' found in URI$"):
-        multi_backend.get_store_weight("swift1")
+    with pytest.raises(exceptions.UnknownScheme, match="^Unknown scheme 'cinder' found in URI$"):
+        multi_backend.get_store_weight("cinder1")
 
 
 def test_backend_defaults_fill_unset_store_options(glance):
@@ -549,8 +549,8 @@ def test_add_to_a_store_without_write_access(glance, tmp_path):
 def test_unknown_backend_on_add(stores):
     with pytest.raises(exceptions.UnknownScheme, match="^Store for identifier nope not found$"):
         add_file("nope", "img")
-    with pytest.raises(exceptions.UnknownScheme, match="^Unknown scheme 'swift' found in URI$"):
-        add_file("swift1", "img")
+    with pytest.raises(exceptions.UnknownScheme, match="^Unknown scheme 'cinder' found in URI$"):
+        add_file("cinder1", "img")
 
 
 # ---------------------------------------------------------------- gsfs validation on add
@@ -657,7 +657,7 @@ def test_get_errors(image):
     with pytest.raises(exceptions.BadStoreUri, match="^No path specified in URI$"):
         multi_backend.get_size_from_uri_and_backend("file://", "cheap")
     # a registered scheme through a store id that does not serve it
-    for backend in ("swift1", "nope"):
+    for backend in ("cinder1", "nope"):
         with pytest.raises(exceptions.UnknownScheme) as e:
             multi_backend.get(image.uri, backend)
         assert str(e.value) == "Unknown scheme '%s' found in URI" % backend

@@ -302,6 +302,9 @@ def _swift_error(exc, op, container=None, obj=None, write=False):
         if status == 404:
             return exceptions.NotFound(image=obj) if obj is not None else \
                 exceptions.NotFound(message)
+        if status == 401:
+            message += (" (the credentials were refused: check user, key and auth_address "
+                        "of the account reference in swift_store_config_file)")
         if status in (401, 403):
             return exceptions.StorageWriteDenied(message) if write else \
                 exceptions.Forbidden(message)

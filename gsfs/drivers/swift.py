@@ -1337,9 +1337,10 @@ class Store(driver.Store):
                 names = [o["name"] for o in listed if "name" in o]
                 if not self._discard_segments(container, names):
                     continue
-                line = ("removed %d segment(s) of the unfinished upload %s of %s/%s "
-                        "(process %s is gone)" % (len(names), token, container,
-                                                  entry.get("image"), entry.get("pid")))
+                why = ("its discard had failed" if entry.get("abandoned")
+                       else "process %s is gone" % entry.get("pid"))
+                line = ("removed %d segment(s) of the unfinished upload %s of %s/%s (%s)"
+                        % (len(names), token, container, entry.get("image"), why))
             self.journal.remove(self._journal_name(container, token))
             LOG.info("%s", line)
             done.append(line)

@@ -21,3 +21,10 @@ lint:
 	.venv/bin/ruff check gsfs tests
 
 bench: setup ; .venv/bin/python -m tests.bench.bench_copy $(BENCH_ARGS)
+
+# gsfs beside boto3, rbd import/export, s3fs and rclone on a Ceph of its own (as root);
+# installs the Debian packages s3fs and rclone if missing
+bench-stores: setup
+	command -v s3fs >/dev/null && command -v rclone >/dev/null || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends s3fs rclone; }
+	.venv/bin/python -m tests.bench.bench_stores $(BENCH_ARGS)

@@ -46,7 +46,9 @@ def run_measurement(script, params, timeout=1200):
 
 # ---------------------------------------------------------------- S3 add
 
-S3_ADD_SCRIPT = r'''
+# What every add measurement script starts with: its parameters (argv[1], JSON)
+# its peak RSS as getrusage and /proc see it; and generated image data.
+CHILD_PRELUDE = r'''
 import hashlib, json, random, resource, sys, tempfile, time
 from pathlib import Path
 
@@ -61,6 +63,11 @@ def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def vm_hwm():
+    with open("/proc/self/status") as f:
+        return [int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM")][0]
+
+
 def generated(total, md5):
     """``total`` bytes in 1 MiB chunks: one pseudo-random block, its first
     8 bytes replaced by the chunk counter. Only one chunk exists at a time."""
@@ -69,8 +76,10 @@ def generated(total, md5):
         chunk = i.to_bytes(8, "little") + block[8:]
         md5.update(chunk)
         yield chunk
+'''
 
 
+S3_ADD_SCRIPT = CHILD_PRELUDE + r'''
 conf = load_stores(Path(tempfile.mkdtemp()), ini({
     "DEFAULT": {"enabled_backends": "cloud:s3"},
     "glance_store": {"default_backend": "cloud"},
@@ -140,25 +149,7 @@ def test_s3_2gib_unknown_size_bounded_rss(ceph, s3_bucket):
 
 # ---------------------------------------------------------------- RBD add
 
-RBD_ADD_SCRIPT = r'''
-import hashlib, json, random, resource, sys, tempfile, time
-from pathlib import Path
-
-from tests.storeconf import ini, load_stores
-from gsfs import multi_backend
-
-p = json.loads(sys.argv[1])
-MiB = 1024 * 1024
-
-
-def peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def vm_hwm():
-    with open("/proc/self/status") as f:
-        return [int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM")][0]
-
+RBD_ADD_SCRIPT = CHILD_PRELUDE + r'''
 
 class Generated:
     """A file-like source of ``total`` bytes made on demand: 1 MiB pieces of one
@@ -262,3 +253,97 @@ def test_rbd_2gib_unknown_size_bounded_rss(ceph):
                     remove_rbd_image(ioctx, name)
     finally:
         client.shutdown()
+
+
+# ---------------------------------------------------------------- Swift add
+
+SWIFT_ADD_SCRIPT = CHILD_PRELUDE + r'''
+work = Path(tempfile.mkdtemp())
+conf = load_stores(work, ini({
+    "DEFAULT": {"enabled_backends": "cloud:swift"},
+    "glance_store": {"default_backend": "cloud"},
+    "cloud": {
+        "swift_store_config_file": p["config_file"],
+        "swift_store_container": p["container"],
+        "swift_store_large_object_chunk_size": p["chunk_mb"],
+        "gsfs_swift_journal_dir": str(work / "journal"),
+    },
+}))
+
+# baseline: connections, auth, one small add of unknown size (segment + manifest)
+uri, *_ = multi_backend.add_with_multihash(conf, p["image_id"] + "-baseline",
+                                           generated(2 * MiB, hashlib.md5()), 0, "cloud",
+                                           "sha512")
+multi_backend.delete(uri, "cloud")
+baseline = peak_rss()
+
+md5 = hashlib.md5()
+start = time.monotonic()
+uri, size, checksum, multihash, meta = multi_backend.add_with_multihash(
+    conf, p["image_id"], generated(p["size"], md5), 0, "cloud", "sha512")
+seconds = time.monotonic() - start
+print(json.dumps({
+    "uri": uri, "size": size, "checksum": checksum, "md5": md5.hexdigest(),
+    "multihash_len": len(multihash), "meta": meta, "seconds": seconds,
+    "baseline_rss": baseline, "peak_rss": peak_rss(), "vm_hwm": vm_hwm(),
+    "journal": sorted(f.name for f in (work / "journal").glob("*")),
+}))
+'''
+
+SWIFT_ONE_MB = 1000 * 1024     # glance_store's swift "MB"
+SWIFT_CHUNKS = 4 * MiB         # a few 1 MiB source chunks (WRITE_CHUNKSIZE) in flight
+
+
+@pytest.mark.ceph
+def test_swift_2gib_unknown_size_bounded_rss(ceph, swift_container, swift_config_file):
+    """2 GiB of unknown size (0) through add_with_multihash on radosgw's Swift
+    API, segments of 200 MB (glance_store's default): the segments are streamed,
+    never buffered, so peak RSS stays below baseline + 4 MiB + 64 MiB."""
+    import hashlib
+
+    chunk_mb, size = 200, 2 * GiB
+    image_id = "big-unknown-size"
+    params = {"config_file": str(swift_config_file), "container": swift_container,
+              "chunk_mb": chunk_mb, "size": size, "image_id": image_id}
+    report = run_measurement(SWIFT_ADD_SCRIPT, params)
+    # the peak is the child's own: getrusage agrees with its VmHWM
+    assert abs(report["peak_rss"] - report["vm_hwm"]) < 8 * MiB, report
+    bound = report["baseline_rss"] + SWIFT_CHUNKS + SLACK
+    sys.stderr.write(
+        "Swift add of 2 GiB, size unknown: %.1f s (%.0f MiB/s); RSS baseline %.1f MiB, "
+        "peak %.1f MiB (+%.1f MiB), bound %.1f MiB (baseline + %d MiB chunks + %d MiB)\n"
+        % (report["seconds"], size / MiB / report["seconds"], report["baseline_rss"] / MiB,
+           report["peak_rss"] / MiB, (report["peak_rss"] - report["baseline_rss"]) / MiB,
+           bound / MiB, SWIFT_CHUNKS // MiB, SLACK // MiB))
+    assert report["size"] == size
+    assert report["checksum"] == report["md5"] and report["multihash_len"] == 128
+    assert report["meta"] == {"store": "cloud"}
+    assert report["uri"] == "swift+config://ref1/%s/%s" % (swift_container, image_id)
+    assert report["peak_rss"] < bound, report
+    assert report["journal"] == [], report         # both uploads ended
+
+    conn = ceph.swift_connection()
+    head = conn.head_object(swift_container, image_id)
+    assert int(head["content-length"]) == size
+    assert head["x-object-meta-gsfs-checksum"] == report["md5"]
+    _, prefix = head["x-object-manifest"].split("/", 1)
+    _, listed = conn.get_container(swift_container, full_listing=True)
+    objects = {o["name"]: o["bytes"] for o in listed}
+    segments = {n: b for n, b in objects.items() if n != image_id}
+    # nothing but the image and its own segments (the baseline's were deleted):
+    # 11 segments of at most 200 MB, together 2 GiB
+    assert all(n.startswith(prefix) for n in segments), sorted(objects)
+    segment = chunk_mb * SWIFT_ONE_MB
+    assert len(segments) == -(-size // segment) == 11, sorted(segments)
+    assert max(segments.values()) == segment and sum(segments.values()) == size
+    # the stored bytes, read back in full, are the image
+    md5 = hashlib.md5()
+    _, body = conn.get_object(swift_container, image_id, resp_chunk_size=MiB)
+    for piece in body:
+        md5.update(piece)
+    assert md5.hexdigest() == report["md5"]
+
+    conn.delete_object(swift_container, image_id)
+    for name in segments:
+        conn.delete_object(swift_container, name)
+    assert conn.get_container(swift_container, full_listing=True)[1] == []

@@ -1,8 +1,13 @@
-"""The ``gsfs`` command: mount, umount, status, --version.
+"""The ``gsfs`` command: mount, umount, status, check-config, --version.
 
     gsfs mount [--config-file F]... [--config-dir D] MOUNTPOINT [-o OPTS] [-f] [--debug]
     gsfs umount MOUNTPOINT
-    gsfs status MOUNTPOINT [--json]
+    gsfs status MOUNTPOINT [--json | --watch [--interval S]]
+    gsfs check-config [CONF...] [--config-dir D] [-o OPTS] [--timeout S]
+
+``-o`` and ``--debug`` are parsed by gsfs/mount_options.py (``--debug`` is
+``-o debug``); the mount's debug switch is read there and nowhere else.
+``status`` is gsfs/status_view.py, ``check-config`` gsfs/check_config.py.
 """
 
 import argparse
@@ -14,27 +19,18 @@ import sys
 import time
 
 import gsfs
-from gsfs import process
+from gsfs import mount_options, paths, process
 
 LOG = logging.getLogger("gsfs")
 
 
 def _setup_logging(debug, foreground, log_file=None):
-    try:
-        from gsfs import logsetup
-    except ImportError:  # pragma: no cover - logsetup ships with the package
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                            filename=log_file,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
+    from gsfs import logsetup
     logsetup.setup_logging(debug=debug, foreground=foreground, log_file=log_file)
 
 
 def default_log_file():
-    if os.geteuid() == 0:
-        return "/var/log/gsfs.log"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "gsfs", "gsfs.log")
+    return os.path.join(paths.base_dir("log"), "gsfs.log")
 
 
 def _parser():
@@ -47,11 +43,9 @@ def _parser():
     m.add_argument("--config-file", action="append", default=[], metavar="PATH",
                    help="a glance-api.conf-style file (repeatable); none: embedded default")
     m.add_argument("--config-dir", metavar="DIR", help="read every *.conf in DIR too")
-    m.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                   help="comma-separated mount options (see docs/SEMANTICS.md)")
+    mount_options.add_argument(m)
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground (systemd Type=notify uses this)")
-    m.add_argument("--debug", action="store_true", help="per-request traces in the log")
     m.add_argument("--log-file", metavar="PATH",
                    help="log file when in the background (default %s)" % default_log_file())
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -63,8 +57,33 @@ def _parser():
 
     s = sub.add_parser("status", help="stores, uploads, downloads and counters of a mount")
     s.add_argument("mountpoint")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--json", action="store_true", help="machine-readable output")
+    how.add_argument("--watch", action="store_true",
+                     help="a live view, refreshed in place (plain snapshots when not a "
+                          "terminal); Ctrl-C ends it")
+    s.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
+                   help="seconds between refreshes with --watch (default 1)")
+
+    c = sub.add_parser("check-config",
+                       help="load config files as mount does; check each store's reach")
+    c.add_argument("config_file", nargs="*", metavar="CONF",
+                   help="glance-api.conf-style files (none and no --config-dir: the "
+                        "embedded default)")
+    c.add_argument("--config-dir", metavar="DIR", help="read every *.conf in DIR too")
+    mount_options.add_argument(c, debug=False)      # as for mount: show_reserved...
+    c.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S",
+                   help="seconds each store's reachability probe may take (default 5)")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="also print the warnings the loading logged")
     return p
+
+
+def _positive_float(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0, not %s" % text)
+    return value
 
 
 def main(argv=None):
@@ -73,17 +92,24 @@ def main(argv=None):
         return cmd_mount(args)
     if args.command == "umount":
         return cmd_umount(args)
+    if args.command == "check-config":
+        from gsfs import check_config
+        return check_config.main(args)
     return cmd_status(args)
 
 
 def cmd_mount(args):
-    debug = args.debug or any("debug" in o.split(",") for o in args.options)
+    try:
+        opts = mount_options.parse(args.options)
+    except mount_options.MountOptionError as e:
+        print("gsfs: %s" % e, file=sys.stderr)
+        return 1
     if args.foreground:
-        _setup_logging(debug, foreground=True, log_file=args.log_file)
+        _setup_logging(opts.debug, foreground=True, log_file=args.log_file)
         from gsfs.fs import daemon
         try:
             return daemon.mount(args.mountpoint, args.config_file, args.config_dir,
-                                args.options, ready_fd=args.ready_fd)
+                                opts, ready_fd=args.ready_fd)
         except SystemExit as e:
             if isinstance(e.code, str):
                 LOG.error(e.code.replace("gsfs: ", ""))
@@ -108,10 +134,8 @@ def _mount_in_background(args):
         cmd += ["--config-file", os.path.abspath(path)]
     if args.config_dir:
         cmd += ["--config-dir", os.path.abspath(args.config_dir)]
-    for opt in args.options:
+    for opt in args.options:        # --debug is among them, as "debug"
         cmd += ["-o", opt]
-    if args.debug:
-        cmd.append("--debug")
     with open(os.devnull, "rb") as devnull, open(log_file, "ab") as log:
         log_start = log.seek(0, os.SEEK_END)   # on failure, show this run's lines only
         proc = subprocess.Popen(cmd, stdin=devnull, stdout=log, stderr=log,
@@ -204,42 +228,12 @@ def cmd_umount(args):
 
 
 def cmd_status(args):
+    from gsfs import status_view
     mountpoint = os.path.abspath(args.mountpoint)
     _daemon_pid(mountpoint)
-    status = json.loads(os.getxattr(mountpoint, "user.gsfs.status"))
-    if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-    print("gsfs at %s: pid %d, up %.0f s, spool %s" % (
-        status["mountpoint"], status["pid"], status["uptime_s"], _size(status["spool_used_bytes"])))
-    print("%-24s %-5s %-3s %12s %12s %7s %7s" % ("STORE", "TYPE", "RO", "IN", "OUT",
-                                                 "FAILED", "ERRORS"))
-    for s in status["stores"]:
-        c = s["counters"]
-        print("%-24s %-5s %-3s %12s %12s %7d %7d" % (
-            s["id"], s["type"], "ro" if s["read_only"] else "rw", _size(c.get("bytes_in", 0)),
-            _size(c.get("bytes_out", 0)), c.get("failed_uploads", 0), c.get("errors", 0)))
-    for store_id, ops in sorted(status.get("failures", {}).items()):
-        print("errors   %s: %s" % (store_id, ", ".join(
-            "%s %d" % (op, n) for op, n in sorted(ops.items()))))
-    for u in status["uploads"]:
-        left = ""
-        if u["kind"] == "spool" and u["rate_bytes_per_s"]:
-            left = ", %.0f s left" % ((u["bytes"] - u["uploaded"]) / u["rate_bytes_per_s"])
-        print("upload   %s: %s sent, %s/s, %.0f s%s" % (
-            u["path"], _size(u["uploaded"]), _size(u["rate_bytes_per_s"]), u["seconds"], left))
-    for u in status["pending_spooled"]:
-        print("spooled  %s: %s waiting for upload" % (u["path"], _size(u["bytes"])))
-    for d in status["downloads"]:
-        print("download %s: %s of %s" % (d["path"], _size(d["bytes"]), _size(d["size"])))
-    return 0
-
-
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
+    if args.watch:
+        return status_view.watch(mountpoint, interval=args.interval)
+    return status_view.show(mountpoint, as_json=args.json)
 
 
 def mount_helper(argv=None):

@@ -33,7 +33,6 @@ gsfs exception; the original is chained as ``__cause__``.
 
 import functools
 import logging
-import time
 import typing
 
 from gsfs import capabilities, config, exceptions, hashing
@@ -344,6 +343,3 @@ class Store(capabilities.StoreCapability):
 
         return chunks(), (chunk_size or size)
 
-
-def now():
-    return time.time()

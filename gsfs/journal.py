@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 
-from gsfs import process
+from gsfs import paths, process
 
 LOG = logging.getLogger(__name__)
 
@@ -30,13 +30,8 @@ _SUFFIX = ".json"
 
 def default_dir(name):
     """``/var/lib/gsfs/<name>`` as root, else ``$XDG_STATE_HOME/gsfs/<name>``
-    (``~/.local/state/gsfs/<name>``)."""
-    if os.geteuid() == 0:
-        return os.path.join("/var/lib/gsfs", name)
-    state = os.environ.get("XDG_STATE_HOME", "")
-    if not os.path.isabs(state):
-        state = os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "gsfs", name)
+    (``~/.local/state/gsfs/<name>``; gsfs/paths.py)."""
+    return os.path.join(paths.base_dir("state"), name)
 
 
 class Journal:

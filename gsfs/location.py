@@ -1,4 +1,5 @@
-"""Location URIs and the scheme registry.
+"""Location URIs and the scheme registry, and the one rule for the
+credentials in a URI (``credentials_span``, ``redact_uri``).
 
 ``SCHEME_TO_CLS_BACKEND_MAP`` maps a URI scheme to ``{store_id: {'store': driver,
 'location_class': StoreLocation subclass, 'store_entry': type}}``, exactly the
@@ -13,6 +14,53 @@ from gsfs import config, exceptions
 LOG = logging.getLogger(__name__)
 
 SCHEME_TO_CLS_BACKEND_MAP = {}
+
+
+def credentials_span(uri, start=0):
+    """(begin, end) of the ``user:password@`` of the URI that starts at
+    ``start`` of ``uri`` (a URI or a text holding one), or None.
+
+    The credentials end at the last '@' before the first '/', '?' or '#' after
+    ``://`` (RFC 3986). glance_store's old s3 and swift locations carry
+    secrets unquoted, and S3 secret keys contain '/': so ``user:se/cret@host``
+    (no '@' before the first '/', and what follows the first ':' is not a port)
+    ends at the first '@' after that '/'."""
+    sep = uri.find("://", start)
+    if sep < 0:
+        return None
+    begin = sep + 3
+    end = len(uri)
+    for ch in "/?# \t\n'\"":
+        i = uri.find(ch, begin)
+        if 0 <= i < end:
+            end = i
+    authority = uri[begin:end]
+    if "@" in authority:
+        return begin, begin + authority.rindex("@") + 1
+    colon = authority.find(":")
+    if colon >= 0 and end < len(uri) and uri[end] == "/" and \
+            not authority[colon + 1:].isdigit():
+        at = uri.find("@", end)
+        stop = min((i for i in (uri.find(c, end) for c in " \t\n'\"") if i >= 0),
+                   default=len(uri))
+        if 0 <= at < stop:
+            return begin, at + 1
+    return None
+
+
+def redact_uri(uri, mask="***"):
+    """``uri`` with the password of its credentials replaced by ``mask`` (the
+    user stays: it names the account); ``mask=None`` drops the credentials."""
+    uri = str(uri)
+    span = credentials_span(uri)
+    if span is None:
+        return uri
+    begin, end = span
+    if mask is None:
+        return uri[:begin] + uri[end:]
+    creds = uri[begin:end - 1]
+    user, sep, _password = creds.partition(":")
+    return uri[:begin] + (user + ":" + mask if sep else mask) + "@" + uri[end:]
 
 
 def register_scheme_backend_map(scheme_map):

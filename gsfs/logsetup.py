@@ -40,6 +40,8 @@ import sys
 import threading
 import urllib.parse
 
+from gsfs import location
+
 __all__ = [
     "setup_logging",
     "set_debug",
@@ -79,10 +81,9 @@ _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
 _secrets_re: re.Pattern | None = None
 
-# scheme://user:password@host -- the password may contain '/' (S3 secret keys
-# do; glance_store's s3 URIs carry them unescaped), so it runs to the '@'.
-_URI_PASSWORD_RE = re.compile(
-    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<secret>[^\s@'\"]+)(?=@)")
+# scheme://user:password@host: where the password ends is gsfs.location's one
+# rule (credentials_span), also for a password holding '/' (S3 secret keys)
+_URI_START_RE = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://")
 
 # name = value / name: value / 'name': 'value' / "name"="value"
 _SECRET_NAMES = (
@@ -153,6 +154,25 @@ def clear_secrets() -> None:
         _secrets_re = None
 
 
+def _mask_uri_passwords(text):
+    out, pos = [], 0
+    for match in _URI_START_RE.finditer(text):
+        if match.start() < pos:
+            continue
+        span = location.credentials_span(text, match.start())
+        if span is None:
+            continue
+        begin, end = span
+        colon = text.find(":", begin, end)
+        if colon < 0:
+            continue
+        out.append(text[pos:colon + 1])
+        out.append(MASK)
+        pos = end - 1                       # the '@'
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def _mask_group(match, group="secret"):
     text = match.group(0)
     start, end = match.span(group)
@@ -175,7 +195,7 @@ def redact(text: str) -> str:
     pattern = _secrets_re
     if pattern is not None:
         text = pattern.sub(MASK, text)
-    text = _URI_PASSWORD_RE.sub(_mask_group, text)
+    text = _mask_uri_passwords(text)
     text = _HEADER_RE.sub(_mask_group, text)
     text = _QUERY_RE.sub(_mask_group, text)
     text = _ASSIGNMENT_RE.sub(_mask_assignment, text)

@@ -18,10 +18,12 @@ Translation:
   ``--config-dir SOURCE``; anything else is a config file:
   ``--config-file SOURCE``.  Relative paths are made absolute (the daemon
   does not run in the caller's directory).
-* ``-o`` options are split on commas.  ``config_file=P`` (repeatable) and
+* ``-o`` options are split and classified by gsfs/mount_options.py, the
+  parser ``gsfs mount`` uses too.  ``config_file=P`` (repeatable) and
   ``config_dir=P`` become ``--config-file P`` / ``--config-dir P``; options
-  meant for mount(8), fstab or systemd are dropped (see ``DROPPED``); the
-  rest is passed on in one ``-o``, in order.
+  meant for mount(8), fstab or systemd, and ``rw``, are dropped (see
+  ``mount_options.MOUNT8``); the rest is passed on in one ``-o``, in order,
+  as written (``gsfs mount`` checks it).
 * ``-s`` (sloppy), ``-n`` (no mtab), ``-t TYPE``: ignored.  ``-v``: the gsfs
   command line is printed to stderr.  ``-f`` is mount(8)'s *fake* mode
   ("do everything except the mount"): nothing is run and the exit status is
@@ -35,21 +37,16 @@ mount(8) expects of a helper; its exit status becomes mount's.
 import os
 import sys
 
+from gsfs import mount_options
+
 __all__ = ["translate", "main", "HelperUsageError", "DROPPED", "DROPPED_PREFIXES"]
 
 PROG = "mount.fuse.gsfs"
 
-#: Options that mean something to mount(8), fstab or systemd but not to gsfs
-#: or FUSE.  ``rw`` is the default; ``user``/``users``/``owner``/``group``
-#: and ``user=NAME`` come from fstab's user-mount permissions.
-DROPPED = frozenset({
-    "_netdev", "nofail", "noauto", "auto", "user", "nouser", "users", "owner", "group",
-    "defaults", "rw",
-})
-#: Prefixes of dropped options: ``x-systemd.*``, ``x-gvfs-*`` ... (mount(8):
-#: "x-* options are for userspace applications"), libmount's ``X-mount.*``,
-#: ``comment=`` and the ``user=NAME`` that mount(8) adds for user mounts.
-DROPPED_PREFIXES = ("x-", "X-", "comment=", "user=")
+#: What is dropped: mount(8)'s, fstab's and systemd's options (``rw`` is the
+#: default), and the prefixes of theirs (``x-systemd.*`` ...).
+DROPPED = mount_options.MOUNT8 | {"rw"}
+DROPPED_PREFIXES = mount_options.MOUNT8_PREFIXES
 
 USAGE = """\
 usage: %s SOURCE MOUNTPOINT [-o OPT[,OPT...]] [-s] [-f] [-n] [-v]
@@ -124,10 +121,6 @@ def _parse(argv):
     return positionals, options, flags
 
 
-def _is_dropped(option):
-    return option in DROPPED or option.startswith(DROPPED_PREFIXES)
-
-
 def translate(argv: list[str]) -> list[str]:
     """mount(8) helper arguments -> ``gsfs`` arguments (``["mount", ...]``).
 
@@ -151,18 +144,18 @@ def translate(argv: list[str]) -> list[str]:
             result += ["--config-file", os.path.abspath(source)]
 
     passed = []
-    for text in option_strings:
-        for option in text.split(","):
-            option = option.strip()
-            if not option or _is_dropped(option):
+    try:
+        for item in mount_options.items(option_strings):
+            kind = item.kind
+            if kind in ("mount8", "default"):
                 continue
-            key, sep, value = option.partition("=")
-            if key in ("config_file", "config_dir"):
-                if not sep or not value:
-                    raise HelperUsageError("option %s needs a path (%s=PATH)" % (key, key))
-                result += ["--" + key.replace("_", "-"), os.path.abspath(value)]
+            if kind in ("config_file", "config_dir"):
+                path = mount_options.config_path(item)
+                result += ["--" + kind.replace("_", "-"), os.path.abspath(path)]
                 continue
-            passed.append(option)
+            passed.append(item.text)
+    except mount_options.MountOptionError as e:
+        raise HelperUsageError(str(e)) from None
 
     result.append(os.path.abspath(mountpoint))
     if passed:

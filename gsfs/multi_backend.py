@@ -50,8 +50,26 @@ def _list_driver_opts():
 
 
 def _list_config_opts():
-    """(group, options) pairs for config generators, like glance_store's."""
-    return [("glance_store", [config.DEFAULT_BACKEND_OPT])] + sorted(_list_driver_opts().items())
+    """(group, options) pairs for oslo-config-generator (the ``oslo.config.opts``
+    entry point ``gsfs``): ``[DEFAULT] enabled_backends``, ``[glance_store]
+    default_backend``, one group per store type named after it (in a real file
+    the section is the store id) holding store_description, weight and the
+    driver's options, and the ``[gsfs]`` mount settings."""
+    from gsfs.fs import settings
+
+    groups = [("DEFAULT", [config.ENABLED_BACKENDS_OPT]),
+              ("glance_store", [config.DEFAULT_BACKEND_OPT])]
+    for store_type, opts in sorted(_list_driver_opts().items()):
+        group = cfg.OptGroup(store_type, help=(
+            "A store of type %s. Name the section after the store's id in "
+            "enabled_backends (enabled_backends = ID:%s); options it leaves unset are "
+            "read from [%s], then take these defaults."
+            % (store_type, store_type, config.SHARED_CONF_GROUP)))
+        groups.append((group, list(config.MULTI_BACKEND_OPTS) + opts))
+    groups.append((cfg.OptGroup(settings.GROUP, help=(
+        "gsfs mount settings; each can also be given as gsfs mount -o NAME=VALUE.")),
+        settings.OPTS))
+    return groups
 
 
 def register_store_opts(conf, reserved_stores=None):
@@ -303,7 +321,7 @@ def stores():
 
 
 def reset():
-    """gsfs: forget every registered store (tests and the daemon's reload)."""
+    """gsfs: forget every registered store (for tests: a fresh configuration)."""
     _STORES.clear()
     _RESERVED_STORES.clear()
     location.SCHEME_TO_CLS_BACKEND_MAP.clear()

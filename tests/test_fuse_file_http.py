@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from tests.servers.mounts import GSFS
+from tests.servers.mounts import GSFS, gsfs_daemons_under, gsfs_mounts_under
+
+pytestmark = pytest.mark.fuse
 
 MiB = 1024 * 1024
 PYTHON = sys.executable
@@ -94,18 +96,6 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
 def sync(m):
     """Upload every spooled image now (the root's user.gsfs.control)."""
     run("setfattr", "-n", "user.gsfs.control", "-v", "sync", m.mountpoint)
-
-
-def gsfs_mounts_under(base):
-    base = str(base)
-    with open("/proc/mounts") as f:
-        return [line for line in f
-                if line.split()[2].startswith("fuse") and line.split()[1].startswith(base)]
-
-
-def gsfs_daemons_under(base):
-    out = subprocess.run(["pgrep", "-af", "gsfs mount"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if str(base) in line]
 
 
 @pytest.fixture(autouse=True)
@@ -852,11 +842,3 @@ def test_child_process_of_a_writer_does_not_commit(gsfs_mount, stores_conf, data
     assert out.strip() == "OK"
     assert (datadir / "forked").read_bytes() == b"a" * MiB + b"b" * MiB
 
-
-def test_zz_no_gsfs_mount_left(tmp_path_factory):
-    """The whole run left no gsfs mount and no daemon under pytest's base temp."""
-    base = tmp_path_factory.getbasetemp()
-    assert not gsfs_mounts_under(base)
-    assert not gsfs_daemons_under(base)
-    mounts = run("grep", "fuse", "/proc/mounts", check=False).stdout
-    assert str(base) not in mounts

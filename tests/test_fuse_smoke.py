@@ -4,6 +4,10 @@ import hashlib
 import os
 import subprocess
 
+import pytest
+
+pytestmark = pytest.mark.fuse
+
 
 def test_cp_in_and_out_file_store(gsfs_mount, stores_conf, tmp_path):
     m = gsfs_mount(stores_conf("file"))

@@ -1,13 +1,15 @@
-"""gsfs.mount_helper: mount(8)'s helper convention -> `gsfs mount` argv."""
+"""gsfs.mount_helper: mount(8)'s helper convention -> `gsfs mount` argv; and the
+-o parser (gsfs/mount_options.py) it shares with `gsfs mount` and the daemon."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from gsfs import mount_helper
+from gsfs import cli, mount_helper, mount_options
 from gsfs.mount_helper import HelperUsageError, translate
 
 
@@ -154,3 +156,49 @@ def test_helper_execs_the_gsfs_beside_it(tmp_path):
     assert proc.returncode == 7, proc.stderr       # gsfs's exit status is mount's
     assert out.read_text().splitlines() == [
         "mount", "--config-file", "/etc/gsfs/gsfs.conf", "/srv/images", "-o", "allow_other"]
+
+
+# ------------------------------------------------------------------- the shared -o parser
+
+def test_one_parser_for_mount_and_the_helper():
+    """gsfs/mount_options.py: what `gsfs mount` (and the daemon) makes of -o."""
+    opts = mount_options.parse(["ro,allow_other,uid=1000,spool_max=10,debug",
+                                "config_file=/a.conf,config_file=/b.conf,config_dir=/d,rw,"
+                                "context=system_u:object_r:tmp_t:s0"])
+    assert opts.settings == {"read_only": True, "uid": "1000", "spool_max_mib": "10"}
+    assert opts.fuse == ["allow_other", "context=system_u:object_r:tmp_t:s0"]
+    assert opts.config_files == ["/a.conf", "/b.conf"] and opts.config_dir == "/d"
+    assert opts.debug is True
+    assert mount_options.parse(["debug=false"]).debug is False
+    assert mount_options.parse(opts) is opts
+    assert [i.kind for i in mount_options.items(["_netdev,x-systemd.automount,rw,bogus"])] \
+        == ["mount8", "mount8", "default", "unknown"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["bogus"], "unknown mount option 'bogus'"),
+    (["allow_other=1"], "unknown mount option 'allow_other=1'"),
+    (["_netdev"], "'_netdev' is an option for mount(8) or fstab"),
+    (["config_dir="], "config_dir needs a path"),
+    (["debug=maybe"], "debug takes no value, or true/false"),
+])
+def test_parser_refusals(options, message):
+    with pytest.raises(mount_options.MountOptionError, match=re.escape(message)):
+        mount_options.parse(options)
+
+
+def test_debug_flag_is_the_debug_option():
+    args = cli._parser().parse_args(["mount", "/mnt", "--debug", "-o", "ro"])
+    assert args.options == ["debug", "ro"]
+    assert mount_options.parse(args.options).debug
+
+
+def test_gsfs_mount_refuses_a_bad_option_before_starting(tmp_path):
+    """Checked by the command itself (no daemon is started, nothing is mounted)."""
+    for extra in ([], ["-f"]):
+        r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "gsfs"), "mount",
+                            str(tmp_path), "-o", "allow_other,bogus", *extra],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r
+        assert r.stderr.strip() == ("gsfs: unknown mount option 'bogus' "
+                                    "(see gsfs mount --help)"), r.stderr

@@ -115,6 +115,7 @@ import html.parser
 import logging
 import re
 import threading
+import time
 import urllib.parse
 
 import requests
@@ -128,11 +129,12 @@ LOG = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 LIST_HEAD_WORKERS = 8
+# a listing reuses the HEAD of an image the index gives no size for this long (s)
+LIST_HEAD_TTL = 60.0
+LIST_CACHE_MAX = 10000    # entries kept before expired ones are dropped
 _ERROR_BODY_LIMIT = 300
 _CONTENT_RANGE_RE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE_RE = re.compile(r"\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
-_CREDENTIALS_RE = re.compile(r"(://)[^/?#]*@")
-
 _HTTP_OPTS = [
     cfg.StrOpt("https_ca_certificates_file",
                help="Path to the CA bundle used to verify the server certificate. When "
@@ -160,11 +162,6 @@ _HTTP_OPTS = [
 
 
 # -- URIs and credentials ---------------------------------------------------------
-
-def redact_uri(uri):
-    """``uri`` with any ``user:pass@`` replaced by ``***@`` (for unparsed URIs)."""
-    return _CREDENTIALS_RE.sub(r"\1***@", str(uri))
-
 
 def _quote(text):
     return urllib.parse.quote(text, safe="", encoding="utf-8", errors="surrogateescape")
@@ -238,12 +235,12 @@ class StoreLocation(location.StoreLocation):
             self.user = self.password = None
         if netloc == "":
             LOG.info("No address specified in HTTP URL")
-            raise exceptions.BadStoreUri(uri=redact_uri(uri))
+            raise exceptions.BadStoreUri(uri=location.redact_uri(uri))
         # IPv6: [1223:0:0:..]:<port>; otherwise host:<port>
         delimiter = "]:" if netloc.count(":") > 1 else ":"
         _host, _dlm, port = netloc.partition(delimiter)
         if port and not port.isdigit():
-            raise exceptions.BadStoreUri(uri=redact_uri(uri))
+            raise exceptions.BadStoreUri(uri=location.redact_uri(uri))
         self.netloc = netloc
         self.path = pieces.path
         self.query = pieces.query
@@ -288,7 +285,7 @@ def _map_error(exc, loc, op, timeout=None):
     """
     url = loc.get_redacted_uri()
     # redact_uri: a proxy URL with credentials may be quoted by the library
-    detail = redact_uri(_scrub(_describe(exc), loc.secrets()))
+    detail = location.redact_uri(_scrub(_describe(exc), loc.secrets()))
     if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
         reason = ("TLS error talking to %s: %s. If the server's certificate is not signed "
                   "by a CA this host trusts, set https_ca_certificates_file to the CA "
@@ -405,6 +402,7 @@ class Store(driver.Store):
         self._session = None
         self._settings = None
         self._warned_no_range = False
+        self._listed_heads = {}     # id → (time.monotonic(), ImageInfo) of listing HEADs
         if self.backend_group:
             # as glance_store: the URLs start with http or https
             self._url_prefix = "http"
@@ -422,7 +420,7 @@ class Store(driver.Store):
                           ("gsfs_http_index_url", settings.index_url)):
             if url and not url.startswith(("http://", "https://")):
                 LOG.warning("Store %s: %s must start with http:// or https://: %s",
-                            self.backend_group, name, redact_uri(url))
+                            self.backend_group, name, location.redact_uri(url))
         if settings.verify is False:
             LOG.info("Store %s: https_insecure is set; server certificates are not verified",
                      self.backend_group)
@@ -622,7 +620,7 @@ class Store(driver.Store):
             raise exceptions.BadStoreConfiguration(
                 store_name="http %s" % self.backend_group,
                 reason="gsfs_http_base_url must start with http:// or https://: %s"
-                       % redact_uri(base_url))
+                       % location.redact_uri(base_url))
         return base_url
 
     def location_for(self, image_id):
@@ -751,13 +749,26 @@ class Store(driver.Store):
         return [info for info in images if info is not None]
 
     def _stat_for_listing(self, listed):
-        """The listed ImageInfo completed with a HEAD (an index mtime wins)."""
-        try:
-            info = self.stat_image(self.location_for(listed.id))
-        except (exceptions.NotFound, exceptions.BadStoreUri) as e:
-            LOG.warning("Store %s: listed image %r skipped: %s", self.backend_group,
-                        listed.id, e)
-            return None
+        """The listed ImageInfo completed with a HEAD (an index mtime wins); the
+        HEAD of the last LIST_HEAD_TTL seconds is reused (a mount lists again
+        every few seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._listed_heads.get(listed.id)
+        if cached is not None and now - cached[0] < LIST_HEAD_TTL:
+            info = cached[1]
+        else:
+            try:
+                info = self.stat_image(self.location_for(listed.id))
+            except (exceptions.NotFound, exceptions.BadStoreUri) as e:
+                LOG.warning("Store %s: listed image %r skipped: %s", self.backend_group,
+                            listed.id, e)
+                return None
+            with self._lock:
+                self._listed_heads[listed.id] = (now, info)
+                if len(self._listed_heads) > 4 * LIST_CACHE_MAX:
+                    self._listed_heads = {k: v for k, v in self._listed_heads.items()
+                                          if now - v[0] < LIST_HEAD_TTL}
         if listed.mtime_ns is not None:
             return listed._replace(size=info.size)
         return info._replace(id=listed.id)

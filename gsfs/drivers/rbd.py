@@ -43,7 +43,7 @@ import urllib.parse
 
 from oslo_config import cfg
 
-from gsfs import capabilities, driver, exceptions, hashing, location
+from gsfs import capabilities, driver, exceptions, hashing, location, process
 
 try:
     import rados
@@ -1120,7 +1120,7 @@ class Store(driver.Store):
                     if name in _WRITING:
                         continue
                 prefix, pid, name_host, image_id = parsed
-                if name_host == host and pid != me and _pid_alive(pid):
+                if name_host == host and pid != me and process.process_alive(pid):
                     continue
                 try:
                     with _open_image(ioctx, name) as image:
@@ -1163,12 +1163,3 @@ def _host():
     """This host's name as it appears in temp names (no dots)."""
     return socket.gethostname().replace(".", "_") or "localhost"
 
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

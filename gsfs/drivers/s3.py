@@ -457,8 +457,8 @@ class StoreLocation(location.StoreLocation):
     def parse_uri(self, uri):
         if uri.count("://") != 1:
             LOG.info("Invalid S3 URI %r: more than one scheme; use s3+https:// for https",
-                     _redacted(uri))
-            raise exceptions.BadStoreUri(uri=_redacted(uri))
+                     location.redact_uri(uri))
+            raise exceptions.BadStoreUri(uri=location.redact_uri(uri))
         self.validate_schemas(uri, valid_schemas=("s3://", "s3+http://", "s3+https://"))
         self.scheme, rest = uri.split("://", 1)
         path = rest.strip("/")
@@ -472,18 +472,10 @@ class StoreLocation(location.StoreLocation):
         parts = path.split("/")
         if len(parts) < 3 or not all(parts[-2:]) or not "/".join(parts[:-2]).strip("/"):
             LOG.error("Badly formed S3 URI: it needs host, bucket and key")
-            raise exceptions.BadStoreUri(uri=_redacted(uri))
+            raise exceptions.BadStoreUri(uri=location.redact_uri(uri))
         self.key = parts[-1]
         self.bucket = parts[-2]
         self.s3serviceurl = "/".join(parts[:-2]).strip("/")
-
-
-def _redacted(uri):
-    """``uri`` without the credentials of an old-form S3 location."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "@" in rest:
-        return "%s://***@%s" % (scheme, rest.split("@", 1)[1])
-    return uri
 
 
 # --------------------------------------------------------------------------- uploads

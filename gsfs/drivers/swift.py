@@ -82,6 +82,7 @@ import uuid
 
 import requests
 import swiftclient
+from keystoneauth1 import exceptions as ksa_exceptions
 from oslo_config import cfg
 
 from gsfs import (
@@ -272,16 +273,8 @@ _UNAVAILABLE_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.
                        requests.exceptions.ChunkedEncodingError, socket.error)
 
 
-def _keystone_errors():
-    try:
-        from keystoneauth1 import exceptions as ksa
-    except ImportError:         # pragma: no cover - keystoneauth1 is a dependency
-        return ()
-    return (ksa.ClientException,)
-
-
 _LIBRARY_ERRORS = (swiftclient.ClientException, requests.exceptions.RequestException,
-                   socket.error) + _keystone_errors()
+                   socket.error, ksa_exceptions.ClientException)
 
 
 def _swift_error(exc, op, container=None, obj=None, write=False):
@@ -319,8 +312,7 @@ def _swift_error(exc, op, container=None, obj=None, write=False):
         return exceptions.RemoteServiceUnavailable(
             "Swift %s failed for %s: the server is unavailable (%s: %s)"
             % (op, where, type(exc).__name__, exc))
-    ksa = _keystone_errors()
-    if ksa and isinstance(exc, ksa):
+    if isinstance(exc, ksa_exceptions.ClientException):
         status = getattr(exc, "http_status", None)
         message = "Swift %s failed for %s: Keystone authentication: %s: %s" % (
             op, where, type(exc).__name__, exc)
@@ -379,10 +371,7 @@ class StoreLocation(location.StoreLocation):
 
     def safe_uri(self):
         """get_uri() without credentials (for xattrs and logs)."""
-        if self.scheme == "swift+config":
-            return self.get_uri()
-        return "%s://%s/%s/%s" % (self.scheme, _strip_http(self.auth_or_store_url).strip("/"),
-                                  self.container.strip("/"), self.obj.strip("/"))
+        return location.redact_uri(self.get_uri(), mask=None)
 
     def parse_uri(self, uri):
         if uri.count("://") != 1:

@@ -1,7 +1,9 @@
 """Mount plumbing: configuration, stores, pyfuse3 session, signals, shutdown.
 
 Life of a mount (``gsfs mount -f``):
-  1. load the configuration (a glance-api.conf or the embedded default),
+  1. parse ``-o`` (gsfs/mount_options.py: the [gsfs] settings, config files,
+     FUSE options), load the configuration (a glance-api.conf or the embedded
+     default; the ``-o`` settings override it),
      create the stores, clean what a crashed run left (temp files, unfinished
      multipart uploads, half-written rbd images, spool files);
   2. pyfuse3.init (with auto_unmount, so a killed daemon leaves no dead mount);
@@ -25,7 +27,7 @@ import pyfuse3
 import trio
 from oslo_config import cfg
 
-from gsfs import budget, config, multi_backend, notify, process
+from gsfs import budget, config, logsetup, mount_options, multi_backend, notify, process
 from gsfs.fs import settings as settings_mod
 from gsfs.fs.operations import Operations
 
@@ -33,41 +35,10 @@ LOG = logging.getLogger("gsfs")
 
 RESERVED_STORES = {"os_glance_staging_store": "file", "os_glance_tasks_store": "file"}
 
-# -o options that configure gsfs (the [gsfs] group); the rest go to FUSE
-FUSE_PASSTHROUGH = {"allow_other", "allow_root", "default_permissions", "auto_unmount",
-                    "nosuid", "suid", "nodev", "dev", "noexec", "exec", "noatime", "atime",
-                    "relatime", "norelatime", "strictatime", "lazytime", "dirsync", "sync",
-                    "async"}
-FUSE_PASSTHROUGH_VALUED = {"context", "fscontext", "defcontext", "rootcontext"}
-
-
-def split_options(option_strings):
-    """``-o a,b=c`` → ({gsfs option: value}, {fuse option strings}, [config files], dir)."""
-    gsfs_opts, fuse_opts, files, config_dir = {}, set(), [], None
-    names = {opt.dest for opt in settings_mod.OPTS}
-    for text in option_strings or []:
-        for item in filter(None, (p.strip() for p in text.split(","))):
-            key, sep, value = item.partition("=")
-            key = settings_mod.ALIASES.get(key, key)
-            if key == "config_file":
-                files.append(value)
-            elif key == "config_dir":
-                config_dir = value
-            elif key == "debug":
-                gsfs_opts["debug"] = True
-            elif key == "rw":
-                continue
-            elif key in names:
-                gsfs_opts[key] = value if sep else True
-            elif key in FUSE_PASSTHROUGH or (sep and key in FUSE_PASSTHROUGH_VALUED):
-                fuse_opts.add(item)
-            else:
-                raise SystemExit("gsfs: unknown mount option %r (see gsfs mount --help)" % item)
-    return gsfs_opts, fuse_opts, files, config_dir
-
 
 def load_config(config_files, config_dir, gsfs_opts):
-    """Fill the global CONF the way Glance does, or with the embedded default."""
+    """Fill the global CONF the way Glance does, or with the embedded default;
+    ``gsfs_opts`` ([gsfs] name → value, from ``-o``) override the files."""
     conf = config.CONF
     config.ensure_enabled_backends_opt(conf)
     settings_mod.register(conf)
@@ -81,8 +52,7 @@ def load_config(config_files, config_dir, gsfs_opts):
         datadir = settings_mod.default_data_dir()
         conf.set_override("enabled_backends", {"images": "file"})
     for key, value in gsfs_opts.items():
-        if key != "debug":
-            conf.set_override(key, value, group=settings_mod.GROUP)
+        conf.set_override(key, value, group=settings_mod.GROUP)
     reserved = RESERVED_STORES if conf.gsfs.show_reserved else None
     multi_backend.register_store_opts(conf, reserved_stores=reserved)
     if embedded:
@@ -95,14 +65,12 @@ def load_config(config_files, config_dir, gsfs_opts):
 
 
 def register_secrets(conf):
-    """Tell the log filter every secret the configuration holds."""
-    try:
-        from gsfs import logsetup
-    except ImportError:
-        return
+    """Tell the log filter every secret the configuration holds (the swift
+    driver registers the keys of its glance-swift.conf when it reads it)."""
     for store_id in (conf.enabled_backends or {}):
         group = getattr(conf, store_id, None)
-        for name in ("s3_store_access_key", "s3_store_secret_key"):
+        for name in ("s3_store_access_key", "s3_store_secret_key", "swift_store_key",
+                     "swift_store_application_credential_secret"):
             try:
                 value = getattr(group, name)
             except (cfg.NoSuchOptError, AttributeError):
@@ -112,11 +80,11 @@ def register_secrets(conf):
 
 
 def clean_leftovers(ops):
-    """Remove what a crashed run left behind, and log it."""
+    """Remove what a crashed run (or another client) left behind, and log it."""
     for store_id, store in sorted(multi_backend.stores().items()):
         try:
             for line in store.cleanup_leftovers():
-                LOG.warning("Cleaned a leftover of an earlier run: %s", line)
+                LOG.warning("Cleaned a leftover: %s", line)
         except Exception as e:  # a store that cannot be reached is reported, not fatal
             LOG.error("Could not check store %s for leftovers: %s", store_id, e)
     spool_dir = ops.settings.spool_dir
@@ -167,13 +135,16 @@ async def _shutdown(ops, reason):
     if not ops.accepting_writes:
         return
     ops.accepting_writes = False
-    notify.sd_notify("STOPPING=1")
+    waiting = len(ops.uploads) + len(ops.spools)
+    notify.notify_stopping("Stopping: waiting for %d upload(s)" % waiting)
     LOG.info("%s: no new writers; waiting up to %.0f s for %d upload(s)", reason,
-             ops.settings.shutdown_timeout, len(ops.uploads) + len(ops.spools))
+             ops.settings.shutdown_timeout, waiting)
     with trio.move_on_after(ops.settings.shutdown_timeout):
         while ops.uploads or ops.spools:
             # under systemd, keep the stop job alive while uploads are still moving
             notify.notify_extend_timeout(30)
+            notify.notify_status("Stopping: %d upload(s) in flight"
+                                 % (len(ops.uploads) + len(ops.spools)))
             with trio.move_on_after(5):
                 await ops.sync_all()
             if ops.uploads or ops.spools:
@@ -200,7 +171,7 @@ async def _report_ready(mountpoint, ready_fd):
     # pyfuse3.main runs: nobody would answer)
     await trio.to_thread.run_sync(_raise_readahead, mountpoint)
     LOG.info("gsfs mounted at %s (pid %d)", mountpoint, os.getpid())
-    notify.sd_notify("READY=1\nSTATUS=Mounted at %s" % mountpoint)
+    notify.notify_ready("Mounted at %s" % mountpoint)
     if ready_fd is not None:
         try:
             os.write(ready_fd, b"READY\n")
@@ -210,39 +181,61 @@ async def _report_ready(mountpoint, ready_fd):
 
 
 async def _serve(ops, mountpoint, ready_fd):
-    async with trio.open_nursery() as nursery:
-        ops.nursery = nursery
-        nursery.start_soon(_signals, ops)
-        nursery.start_soon(_report_ready, mountpoint, ready_fd)
-        nursery.start_soon(_write_metrics, ops)
-        nursery.start_soon(_late_cleanup, ops)
-        await pyfuse3.main(min_tasks=4, max_tasks=64)
-        # unmounted from outside, or terminate() after a signal
-        await _shutdown(ops, "unmounted")
-        nursery.cancel_scope.cancel()
+    _serve_metrics(ops)
+    try:
+        async with trio.open_nursery() as nursery:
+            ops.nursery = nursery
+            nursery.start_soon(_signals, ops)
+            nursery.start_soon(_report_ready, mountpoint, ready_fd)
+            nursery.start_soon(_write_metrics, ops)
+            nursery.start_soon(_late_cleanup, ops)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            # unmounted from outside, or terminate() after a signal
+            await _shutdown(ops, "unmounted")
+            nursery.cancel_scope.cancel()
+    finally:
+        ops.metrics.stop()
+
+
+def _serve_metrics(ops):
+    """-o metrics_port: /metrics over HTTP. A port that cannot be bound is
+    logged and the mount goes on without it (the files matter more)."""
+    port = ops.settings.metrics_port
+    if port is None:
+        return
+    address = ops.settings.metrics_address
+    try:
+        ops.metrics.serve(port, address)
+    except OSError as e:
+        LOG.error("Cannot serve metrics on %s:%d: %s; the mount goes on without them "
+                  "(choose a free port with -o metrics_port=PORT)", address, port, e)
 
 
 LATE_CLEANUP_DELAY = 90
+CLEANUP_INTERVAL = 3600
 
 
 async def _late_cleanup(ops):
-    """Clean leftovers once more after a while: right after a crash, the dead
+    """Clean leftovers once more after a while (right after a crash, the dead
     writer's rbd temp image is still watched (locked) for ~30 s by Ceph, so the
-    start-up pass skips it; a restart by systemd comes sooner than that."""
+    start-up pass skips it; a restart by systemd comes sooner than that), then
+    every hour: what others leave (a sidecar whose s3 object Glance deleted)
+    does not wait for the next mount."""
     await trio.sleep(LATE_CLEANUP_DELAY)
-    await trio.to_thread.run_sync(clean_leftovers, ops, limiter=ops.worker_limiter)
+    while True:
+        await trio.to_thread.run_sync(clean_leftovers, ops, limiter=ops.worker_limiter)
+        await trio.sleep(CLEANUP_INTERVAL)
 
 
 async def _write_metrics(ops):
     path = ops.settings.metrics_file
     if not path:
         return
-    from gsfs.fs import metrics
     while True:
-        text = metrics.render(ops.status())
+        text = ops.metrics.render()
         tmp = "%s.tmp" % path
         try:
-            with open(tmp, "w") as f:
+            with open(tmp, "wb") as f:
                 f.write(text)
             os.replace(tmp, path)
         except OSError as e:
@@ -251,11 +244,17 @@ async def _write_metrics(ops):
 
 
 def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=None):
-    """Mount and serve until unmounted or signalled. Returns the exit code."""
+    """Mount and serve until unmounted or signalled. Returns the exit code.
+
+    ``options``: ``-o`` strings, or the MountOptions ``gsfs mount`` parsed
+    (gsfs/mount_options.py; its ``debug`` is the caller's logging business)."""
     mountpoint = os.path.abspath(mountpoint)
-    gsfs_opts, fuse_opts, more_files, more_dir = split_options(options)
-    conf, _reserved, embedded = load_config(list(config_files) + more_files,
-                                            config_dir or more_dir, gsfs_opts)
+    try:
+        opts = mount_options.parse(options)
+    except mount_options.MountOptionError as e:
+        raise SystemExit("gsfs: %s" % e) from None
+    conf, _reserved, embedded = load_config(list(config_files) + opts.config_files,
+                                            config_dir or opts.config_dir, opts.settings)
     register_secrets(conf)
     count = multi_backend.create_multi_stores(conf, reserved_stores=_reserved)
     if not multi_backend.stores():
@@ -274,7 +273,7 @@ def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=Non
     if not os.path.isdir(mountpoint):
         raise SystemExit("gsfs: mountpoint %s is not a directory" % mountpoint)
     fuse_options = set(pyfuse3.default_options)
-    fuse_options |= {"fsname=gsfs", "subtype=gsfs", "auto_unmount"} | fuse_opts
+    fuse_options |= {"fsname=gsfs", "subtype=gsfs", "auto_unmount"} | set(opts.fuse)
     if settings.read_only:
         fuse_options.add("ro")
     pyfuse3.init(ops, mountpoint, fuse_options)

@@ -17,12 +17,14 @@ through ``Operations.spawn``, which reports its failures with ``report`` the
 same way instead of letting them cancel the daemon's nursery.
 
 ``Failures`` holds the counts per store and operation, for ``gsfs status``
-and the metrics.
+and the metrics; the funnel also counts and times every request in the
+mount's ``Metrics`` (gsfs/fs/metrics.py).
 """
 
 import errno
 import functools
 import logging
+import time
 
 import pyfuse3
 
@@ -118,18 +120,25 @@ def refuse(code, op, path, why, store=None, level=logging.WARNING):
 
 def funnel(op, method):
     """Wrap handler ``method`` of Operations: every exception becomes one errno.
-    ``self.describe(op, args)`` names the path and store for the log line."""
+    ``self.describe(op, args)`` names the path and store for the log line;
+    every request is counted and timed in ``self.metrics`` (gsfs/fs/metrics.py)."""
 
     @functools.wraps(method)
     async def handler(self, *args):
+        t0 = time.perf_counter()
+        path, store = self.describe(op, args)
+        code = None
         try:
             return await method(self, *args)
         except pyfuse3.FUSEError as e:
             if (op, e.errno) not in NORMAL:
-                self.failures.count(self.describe(op, args)[1], op)
+                code = e.errno
+                self.failures.count(store, op)
             raise
         except Exception as e:  # noqa: BLE001 - nothing may end the daemon
-            path, store = self.describe(op, args)
-            raise pyfuse3.FUSEError(report(e, op, path, store, self.failures)) from None
+            code = report(e, op, path, store, self.failures)
+            raise pyfuse3.FUSEError(code) from None
+        finally:
+            self.metrics.request(op, store, time.perf_counter() - t0, code)
 
     return handler

@@ -45,7 +45,7 @@ class Image:
         self.size = size
         self.mtime_ns = mtime_ns if mtime_ns is not None else time.time_ns()
         self.committed = committed
-        self.session = None        # WriteSession / SpoolSession while pending
+        self.session = None        # StreamSession / SpoolSession while pending
         self.meta = None           # the stored metadata dict, once read
         self.checked_at = time.monotonic()
         self.open_count = 0

@@ -30,7 +30,7 @@ import pyfuse3
 import trio
 
 from gsfs import driver, exceptions
-from gsfs.fs import errors, xattrs
+from gsfs.fs import errors, metrics, xattrs
 from gsfs.fs.namespace import BLKSIZE, ROOT_INODE, Image, Namespace, StoreDir
 from gsfs.fs.read_session import ReadSession
 from gsfs.fs.write_session import SpoolSession, StreamSession
@@ -39,18 +39,20 @@ LOG = logging.getLogger("gsfs.fs")
 RSYNC_TEMP = re.compile(r"^\..+\.[A-Za-z0-9]{6}$")
 
 
+STATFS_TTL = 2.0      # seconds a statfs answer is reused
+
+
 class Handle:
     """An open file: what it reads from and writes to."""
 
-    __slots__ = ("fh", "image", "session", "reader", "writable", "created", "pid")
+    __slots__ = ("fh", "image", "session", "reader", "created", "pid")
 
-    def __init__(self, fh, image, session=None, reader=None, writable=False, created=False,
+    def __init__(self, fh, image, session=None, reader=None, created=False,
                  pid=None):
         self.fh = fh
         self.image = image
         self.session = session
         self.reader = reader
-        self.writable = writable
         self.created = created     # this open created the session (it commits it)
         self.pid = pid             # the opener: its fate decides a commit
 
@@ -95,10 +97,12 @@ class Operations(pyfuse3.Operations):
         self.spool_used = 0
         self.stats = Stats()
         self.failures = errors.Failures()
+        self.metrics = metrics.Metrics(self)
         self.accepting_writes = True
         self.checksum_locks = {}
         self.mountpoint = None
         self.started = time.time()
+        self._statfs_cache = None      # (when, (total, free)) of the last statfs
 
     # -- helpers ---------------------------------------------------------------
     def _fh(self):
@@ -146,6 +150,12 @@ class Operations(pyfuse3.Operations):
                 if isinstance(node, StoreDir):
                     return "%s/%s" % (node.store_id, name), node.store_id
                 return name, None
+            if op in BY_DIR_FH:
+                entry = self.dir_handles.get(first)
+                node = self._node(entry[0]) if entry is not None else None
+                if isinstance(node, StoreDir):
+                    return node.store_id + "/", node.store_id
+                return "/" if entry is not None else "dir fh %s" % first, None
             if op in BY_FH:
                 h = self.handles.get(first)
                 if h is not None:
@@ -330,13 +340,12 @@ class Operations(pyfuse3.Operations):
         else:
             image = self.namespace.new_image(d, name, committed=False)
         session = self._new_session(image, flags, replace)
-        return self._open_handle(image, session, writable=True, created=True, pid=ctx.pid), \
+        return self._open_handle(image, session, created=True, pid=ctx.pid), \
             self.namespace.attrs(image)
 
-    def _open_handle(self, image, session=None, reader=None, writable=False, created=False,
-                     pid=None):
+    def _open_handle(self, image, session=None, reader=None, created=False, pid=None):
         fh = self._fh()
-        self.handles[fh] = Handle(fh, image, session, reader, writable, created, pid)
+        self.handles[fh] = Handle(fh, image, session, reader, created, pid)
         image.open_count += 1
         if isinstance(session, SpoolSession):
             session.opened()
@@ -352,7 +361,7 @@ class Operations(pyfuse3.Operations):
         session = image.session
         if session is not None:
             if isinstance(session, SpoolSession) and not session.committing:
-                return self._open_handle(image, session, writable=writable, pid=ctx.pid)
+                return self._open_handle(image, session, pid=ctx.pid)
             raise errors.refuse(errno.EBUSY, "open", image.path,
                                 "the image is being written (uploads have one writer and "
                                 "can be read once committed)", d.store_id)
@@ -364,10 +373,9 @@ class Operations(pyfuse3.Operations):
                                         "images are immutable (mount with -o allow_replace "
                                         "to replace them atomically)", d.store_id)
                 session = self._new_session(image, flags, replace=True)
-                return self._open_handle(image, session, writable=True, created=True,
-                                         pid=ctx.pid)
+                return self._open_handle(image, session, created=True, pid=ctx.pid)
         reader = ReadSession(self, image) if accmode != os.O_WRONLY else None
-        return self._open_handle(image, reader=reader, writable=writable)
+        return self._open_handle(image, reader=reader)
 
     async def write(self, fh, offset, buf):
         h = self.handles[fh]
@@ -375,7 +383,9 @@ class Operations(pyfuse3.Operations):
             raise errors.refuse(errno.EEXIST, "write", h.image.path,
                                 "images are immutable; write a new image instead",
                                 h.image.store_dir.store_id)
-        return await h.session.write(offset, buf)
+        n = await h.session.write(offset, buf)
+        self.stats.count(h.image.store_dir.store_id, "bytes_in", n)
+        return n
 
     async def flush(self, fh):
         h = self.handles.get(fh)
@@ -607,6 +617,26 @@ class Operations(pyfuse3.Operations):
     # -- filesystem ----------------------------------------------------------------------
     async def statfs(self, ctx):
         st = pyfuse3.StatvfsData()
+        total, free = await self._capacity()
+        if not total:
+            total = free = 1 << 50   # unknown: report 1 PiB, as object-store mounts do
+        st.f_bsize = BLKSIZE
+        st.f_frsize = BLKSIZE
+        st.f_blocks = total // BLKSIZE
+        st.f_bfree = free // BLKSIZE
+        st.f_bavail = free // BLKSIZE
+        st.f_files = st.f_ffree = st.f_favail = 1 << 20
+        st.f_namemax = 255
+        return st
+
+    async def _capacity(self):
+        """(total, free) bytes of the stores that know theirs, summed; asked of
+        the stores at most every STATFS_TTL seconds (df, and programs that
+        check free space before every file, would ask a store each time)."""
+        now = time.monotonic()
+        cached = self._statfs_cache
+        if cached is not None and now - cached[0] < STATFS_TTL:
+            return cached[1]
         total = free = 0
         seen = set()   # stores on one file system report it once
         for d in self.namespace.store_dirs.values():
@@ -619,16 +649,8 @@ class Operations(pyfuse3.Operations):
                 seen.add(tuple(cap))
                 total += cap[0]
                 free += cap[1]
-        if not total:
-            total = free = 1 << 50   # unknown: report 1 PiB, as object-store mounts do
-        st.f_bsize = BLKSIZE
-        st.f_frsize = BLKSIZE
-        st.f_blocks = total // BLKSIZE
-        st.f_bfree = free // BLKSIZE
-        st.f_bavail = free // BLKSIZE
-        st.f_files = st.f_ffree = st.f_favail = 1 << 20
-        st.f_namemax = 255
-        return st
+        self._statfs_cache = (time.monotonic(), (total, free))
+        return total, free
 
     async def forget(self, inode_list):
         for inode, _nlookup in inode_list:
@@ -669,7 +691,8 @@ class Operations(pyfuse3.Operations):
                                     if s not in self.uploads],
                 "downloads": [r.status() for r in list(self.downloads)],
                 "failures": failures,
-                "spool_used_bytes": self.spool_used}
+                "spool_used_bytes": self.spool_used,
+                "metrics_url": self.metrics.url}
 
 
 # Operations' pyfuse3 handlers, by what their first argument names (for the
@@ -677,8 +700,9 @@ class Operations(pyfuse3.Operations):
 BY_NAME = ("lookup", "create", "mkdir", "rmdir", "symlink", "mknod", "unlink", "rename")
 BY_INODE = ("getattr", "setattr", "open", "opendir", "getxattr", "setxattr", "listxattr",
             "removexattr", "link")
-BY_FH = ("read", "write", "flush", "fsync", "release", "readdir", "releasedir")
-HANDLERS = BY_NAME + BY_INODE + BY_FH + ("statfs", "forget")
+BY_FH = ("read", "write", "flush", "fsync", "release")
+BY_DIR_FH = ("readdir", "releasedir")
+HANDLERS = BY_NAME + BY_INODE + BY_FH + BY_DIR_FH + ("statfs", "forget")
 
 for _op in HANDLERS:
     setattr(Operations, _op, errors.funnel(_op, getattr(Operations, _op)))

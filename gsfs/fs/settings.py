@@ -1,11 +1,14 @@
 """Mount settings: the ``[gsfs]`` config group, overridable with ``-o``.
 
-Every knob is here with its default; ``gsfs mount -o name=value`` overrides it.
+Every knob is here with its default; ``gsfs mount -o name=value`` overrides it
+(gsfs/mount_options.py parses ``-o``; ``ALIASES`` are its other spellings).
 """
 
 import os
 
 from oslo_config import cfg
+
+from gsfs import paths
 
 GROUP = "gsfs"
 
@@ -49,11 +52,21 @@ OPTS = [
     cfg.StrOpt("dir_mode", default="0755", help="Mode of directories (octal)."),
     cfg.StrOpt("hash_algo", default="sha512", help="os_hash_algo of images written."),
     cfg.StrOpt("metrics_file", default=None,
-               help="Write Prometheus text metrics to this file every few seconds."),
+               help="Write the Prometheus metrics (docs/METRICS.md) to this file every 5 s."),
+    cfg.PortOpt("metrics_port", default=None,
+                help="Serve the Prometheus metrics at http://metrics_address:PORT/metrics "
+                     "(0: a free port, named in the log and in gsfs status)."),
+    cfg.StrOpt("metrics_address", default="127.0.0.1",
+               help="Address the metrics are served on (with metrics_port)."),
 ]
 
 # -o name → option name, for the -o spellings that differ
 ALIASES = {"ro": "read_only", "spool_max": "spool_max_mib"}
+
+
+def names():
+    """The option names of the [gsfs] group (what ``-o name=value`` may set)."""
+    return {opt.dest for opt in OPTS}
 
 
 def register(conf):
@@ -64,17 +77,12 @@ def register(conf):
 
 
 def default_data_dir():
-    if os.geteuid() == 0:
-        return "/var/lib/gsfs/images"
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "gsfs", "images")
+    """The embedded default store's images (gsfs/paths.py)."""
+    return os.path.join(paths.base_dir("data"), "images")
 
 
 def default_cache_dir():
-    if os.geteuid() == 0:
-        return "/var/cache/gsfs"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "gsfs")
+    return paths.base_dir("cache")
 
 
 class Settings:
@@ -102,3 +110,5 @@ class Settings:
         self.dir_mode = int(g.dir_mode, 8)
         self.hash_algo = g.hash_algo
         self.metrics_file = g.metrics_file
+        self.metrics_port = g.metrics_port
+        self.metrics_address = g.metrics_address

@@ -46,7 +46,7 @@ import time
 import pyfuse3
 import trio
 
-from gsfs import driver, exceptions, process
+from gsfs import driver, exceptions, location, process
 from gsfs.budget import BUDGET
 from gsfs.fs import errors
 from gsfs.fs.errors import ChecksumMismatch
@@ -242,7 +242,10 @@ class _Session:
         self.poisoned = None        # why the upload may not publish (a failed write...)
         self.forget_name = True     # after a failure, make the kernel forget the name
         self.started = time.time()
-        self.uploaded_bytes = 0     # what has gone to the backend (for status)
+        self.uploaded_bytes = 0     # what the driver has taken to send (for status)
+        self.first_byte_at = None   # time.monotonic() of the first byte sent to the store
+        self.first_bytes = 0        # what had been taken by then (one chunk or so)
+        self.commit_started = None  # ... of the close (stream) or the spool upload's start
 
     @property
     def store(self):
@@ -253,11 +256,24 @@ class _Session:
         return self.image.store_dir.store_id
 
     def status(self):
+        """For ``gsfs status``: the rate counts from the first byte sent to the
+        store, so time spent spooling or waiting for the commit delay is not in it."""
         elapsed = max(time.time() - self.started, 1e-6)
+        sending = 0.0 if self.first_byte_at is None else time.monotonic() - self.first_byte_at
+        rate = (self.uploaded_bytes - self.first_bytes) / sending if sending > 0 else 0
         return {"path": self.image.path, "kind": self.kind, "bytes": self.size,
+                "expected_bytes": self.guard.expected_size,
                 "uploaded": self.uploaded_bytes,
-                "rate_bytes_per_s": int(self.uploaded_bytes / elapsed),
+                "rate_bytes_per_s": int(rate),
+                "sending_seconds": round(sending, 1),
                 "seconds": round(elapsed, 1)}
+
+    def _sent(self, total):
+        """``total`` bytes have gone to the store so far."""
+        if total and self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+            self.first_bytes = total
+        self.uploaded_bytes = total
 
     @staticmethod
     def writer_failure(pid):
@@ -309,9 +325,10 @@ class _Session:
         image.mtime_ns = image.pending_mtime_ns or time.time_ns()
         image.pending_mtime_ns = None
         image.checked_at = time.monotonic()
-        self.fs.stats.count(self.store_id, "bytes_in", nbytes)
         self.fs.stats.count(self.store_id, "uploads")
-        LOG.info("Committed %s: %d bytes at %s", image.path, nbytes, _safe_uri(uri))
+        self.fs.metrics.upload_committed(self.store_id, self.first_byte_at, self.commit_started)
+        LOG.info("Committed %s: %d bytes at %s", image.path, nbytes,
+                 location.redact_uri(uri, mask=None))
 
     def _fail(self, exc):
         self.error = exc
@@ -490,7 +507,7 @@ class StreamSession(_Session):
             await self.done.wait()
             self.raise_if_failed()
             raise pyfuse3.FUSEError(errno.EIO) from None
-        self.uploaded_bytes = self.pipe.delivered
+        self._sent(self.pipe.delivered)
 
     async def _drain_window(self):
         while self.window:
@@ -536,6 +553,7 @@ class StreamSession(_Session):
                 await self.done.wait()      # the driver has removed what it wrote
                 raise err
             self.closing = True
+            self.commit_started = time.monotonic()
             self.pipe.close()
         await self.done.wait()
         self.raise_if_failed()
@@ -712,6 +730,7 @@ class SpoolSession(_Session):
             self._discard_poisoned()
             self.raise_if_failed()
         self.committing = True
+        self.commit_started = time.monotonic()
         if self.commit_scope is not None:
             self.commit_scope.cancel()
         self.fs.uploads.add(self)
@@ -764,15 +783,8 @@ class _CountingReader:
 
     def read(self, n=-1):
         data = self.f.read(n)
-        self.session.uploaded_bytes += len(data)
+        self.session._sent(self.session.uploaded_bytes + len(data))
         if not data:    # end of data: check what was announced before publishing
             self.session.guard.check_before_publish(self.session.uploaded_bytes)
         return data
 
-
-def _safe_uri(uri):
-    """A location for the log: never with credentials."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return "%s://%s" % (scheme, rest.rsplit("@", 1)[1])
-    return uri

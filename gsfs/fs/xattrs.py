@@ -27,10 +27,9 @@ import os
 
 import pyfuse3
 
-from gsfs import config
+from gsfs import config, location
 from gsfs.fs import errors
-from gsfs.fs.namespace import Image, StoreDir
-from gsfs.fs.write_session import _safe_uri
+from gsfs.fs.namespace import StoreDir
 
 LOG = logging.getLogger("gsfs.fs")
 
@@ -105,7 +104,7 @@ async def _image_value(fs, image, name):
         if image.pending:
             raise pyfuse3.FUSEError(errno.ENODATA)
         uri = image.store_dir.store.location_for(image.name).get_store_uri()
-        return _safe_uri(uri)
+        return location.redact_uri(uri, mask=None)
     key = {CHECKSUM: "checksum", HASH_ALGO: "os_hash_algo", HASH_VALUE: "os_hash_value"}.get(name)
     if key is None:
         raise pyfuse3.FUSEError(errno.ENODATA)
@@ -161,6 +160,3 @@ def set_on_image(image, name, value):
                         "gsfs stores only the user.glance.* checksum attributes",
                         image.store_dir.store_id, level=logging.DEBUG)
 
-
-def check_node_type(node):
-    return node is None or isinstance(node, (StoreDir, Image))

@@ -5,6 +5,11 @@ daemon's log, if the daemon exits). ``stop()`` always leaves nothing behind:
 ``gsfs umount``, then ``fusermount3 -u``, then ``-z`` as a last resort, then
 SIGTERM/SIGKILL of the daemon by its process id.
 
+``gsfs_mounts_under(dir)`` / ``gsfs_daemons_under(dir)``: the mounts and the
+daemons (foreground ``gsfs mount`` or background ``gsfs.cli mount``) whose
+mount point is below ``dir``; tests/conftest.py checks at the end of the run
+that none is left below pytest's base temp.
+
 Fixtures:
 ``gsfs_mount``   factory: ``gsfs_mount(config_text, options=("allow_replace",))``
 ``stores_conf``  factory building a glance-api.conf with any of the stores
@@ -23,6 +28,19 @@ import pytest
 
 VENV_BIN = Path(sys.executable).parent
 GSFS = str(VENV_BIN / "gsfs")
+
+
+def gsfs_mounts_under(base):
+    base = str(base)
+    with open("/proc/mounts") as f:
+        return [line for line in f
+                if line.split()[2].startswith("fuse") and line.split()[1].startswith(base)]
+
+
+def gsfs_daemons_under(base):
+    out = subprocess.run(["pgrep", "-af", "gsfs mount|gsfs.cli mount"], capture_output=True,
+                         text=True).stdout
+    return [line for line in out.splitlines() if str(base) in line]
 
 
 def is_mounted(path):

@@ -40,7 +40,15 @@ import time
 
 from oslo_config import cfg
 
-from gsfs import capabilities, config, exceptions, logsetup, mount_options, multi_backend
+from gsfs import (
+    capabilities,
+    catalog,
+    config,
+    exceptions,
+    logsetup,
+    mount_options,
+    multi_backend,
+)
 from gsfs.fs import daemon
 from gsfs.fs import settings as settings_mod
 
@@ -213,6 +221,7 @@ def ignored_options(conf, sections, reserved):
         settings_mod.GROUP: _names(settings_mod.OPTS),
         config.SHARED_CONF_GROUP: _names(
             opt for t in set(enabled.values()) for opt in driver_opts.get(t, [])),
+        catalog.GROUP: catalog.option_names(conf),
     }
     for store_id, store_type in enabled.items():
         if store_type in driver_opts:

@@ -54,7 +54,9 @@ def _list_config_opts():
     entry point ``gsfs``): ``[DEFAULT] enabled_backends``, ``[glance_store]
     default_backend``, one group per store type named after it (in a real file
     the section is the store id) holding store_description, weight and the
-    driver's options, and the ``[gsfs]`` mount settings."""
+    driver's options, the ``[gsfs]`` mount settings and the optional
+    ``[gsfs_catalog]`` connection to Glance's Image API."""
+    from gsfs import catalog
     from gsfs.fs import settings
 
     groups = [("DEFAULT", [config.ENABLED_BACKENDS_OPT]),
@@ -69,6 +71,11 @@ def _list_config_opts():
     groups.append((cfg.OptGroup(settings.GROUP, help=(
         "gsfs mount settings; each can also be given as gsfs mount -o NAME=VALUE.")),
         settings.OPTS))
+    groups.append((cfg.OptGroup(catalog.GROUP, help=(
+        "Optional: Glance's Image API, so the mount shows Glance's records and rm keeps "
+        "them true (README, 'Connecting the mount to Glance's catalog'). Off unless "
+        "auth_type is set; the auth plugin's own options (auth_url, username, ...) "
+        "follow keystoneauth1.")), catalog.list_opts()))
     return groups
 
 

@@ -13,8 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 VENV=$ROOT/.venv
 
-step() { printf '[setup] %s\n' "$*"; }
-fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+TAG=setup
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 # ---------------------------------------------------------------- 1. Debian packages
 PACKAGES=(
@@ -51,19 +52,10 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. venv
-is_py311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
-
 if [ -x "$VENV/bin/python" ] && is_py311 "$VENV/bin/python"; then
   step "venv: reusing $VENV ($("$VENV/bin/python" -V))"
 else
-  PY=
-  if command -v python3 >/dev/null && is_py311 python3; then
-    PY=$(command -v python3)
-  elif is_py311 /usr/bin/python3; then
-    PY=/usr/bin/python3
-  else
-    fail "no Python 3.11 found (python3 on PATH, /usr/bin/python3); the Debian rados/rbd bindings need 3.11"
-  fi
+  PY=$(find_python311)
   [ -e "$VENV" ] && { step "venv: $VENV is not a working 3.11 venv, recreating"; rm -rf "$VENV"; }
   "$PY" -m venv "$VENV"
   step "venv: created $VENV with $PY ($("$PY" -V))"
@@ -82,13 +74,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. rados/rbd bindings
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-for mod in rados rbd; do
-  so=
-  for f in /usr/lib/python3/dist-packages/"$mod".cpython-311-*.so; do [ -e "$f" ] && so=$f && break; done
-  [ -n "$so" ] || fail "/usr/lib/python3/dist-packages/$mod.cpython-311-*.so not found (package python3-$mod)"
-  ln -sfn "$so" "$SITE/$(basename "$so")"
-done
+SITE=$(link_ceph_bindings "$VENV/bin/python")
 step "bindings: rados, rbd linked into $SITE"
 
 # ---------------------------------------------------------------- 4. check
@@ -101,4 +87,8 @@ print("[setup] imports ok: pyfuse3 %s, rados/rbd %s, boto3 %s, glance_store %s" 
     getattr(glance_store, "__version__", "ok")))
 PY
 [ -e /dev/fuse ] || step "warning: /dev/fuse missing: the FUSE tests cannot mount here"
+
+# ---------------------------------------------------------------- 5. Glance's own venv
+# a real Glance API for the tests (tests/servers/glance.py); GLANCE_VENV picks its path
+bash "$ROOT/scripts/setup-glance.sh"
 step "done"

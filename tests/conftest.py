@@ -5,7 +5,7 @@ what it mounted; this catches one that did not). A leftover fails the run."""
 import sys
 
 pytest_plugins = ["tests.servers.fixtures", "tests.servers.http_fixtures", "tests.servers.mounts",
-                  "tests.servers.faultproxy"]
+                  "tests.servers.faultproxy", "tests.servers.glance"]
 
 
 def pytest_sessionfinish(session, exitstatus):

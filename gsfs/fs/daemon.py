@@ -27,8 +27,18 @@ import pyfuse3
 import trio
 from oslo_config import cfg
 
-from gsfs import budget, config, logsetup, mount_options, multi_backend, notify, process
+from gsfs import (
+    budget,
+    catalog,
+    config,
+    logsetup,
+    mount_options,
+    multi_backend,
+    notify,
+    process,
+)
 from gsfs.fs import settings as settings_mod
+from gsfs.fs.catalog_view import CatalogView
 from gsfs.fs.operations import Operations
 
 LOG = logging.getLogger("gsfs")
@@ -55,6 +65,7 @@ def load_config(config_files, config_dir, gsfs_opts):
         conf.set_override(key, value, group=settings_mod.GROUP)
     reserved = RESERVED_STORES if conf.gsfs.show_reserved else None
     multi_backend.register_store_opts(conf, reserved_stores=reserved)
+    catalog.register_opts(conf)
     if embedded:
         conf.set_override("default_backend", "images", group="glance_store")
         conf.set_override("filesystem_store_datadir", datadir, group="images")
@@ -269,6 +280,11 @@ def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=Non
     _return_freed_memory()
     ops = Operations(settings)
     ops.mountpoint = mountpoint
+    glance = catalog.from_conf(conf)
+    if glance is not None:
+        ops.catalog = CatalogView(glance, ops._run, protect=settings.catalog_protect)
+        LOG.info("Glance's catalog: %s (catalog_protect %s)", glance.describe(),
+                 "on" if settings.catalog_protect else "off")
     clean_leftovers(ops)
     if not os.path.isdir(mountpoint):
         raise SystemExit("gsfs: mountpoint %s is not a directory" % mountpoint)

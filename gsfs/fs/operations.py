@@ -98,6 +98,7 @@ class Operations(pyfuse3.Operations):
         self.stats = Stats()
         self.failures = errors.Failures()
         self.metrics = metrics.Metrics(self)
+        self.catalog = None            # a CatalogView when [gsfs_catalog] is configured
         self.accepting_writes = True
         self.checksum_locks = {}
         self.mountpoint = None
@@ -459,6 +460,11 @@ class Operations(pyfuse3.Operations):
             self.namespace.drop(image)
             return
         store = d.store
+        if self.catalog is not None and await self.catalog.unlink(d.store_id, name, path):
+            self.stats.count(d.store_id, "deletes")
+            if image is not None:
+                self.namespace.drop(image)
+            return
         await self._run(lambda: store.delete(store.location_for(name)))
         self.stats.count(d.store_id, "deletes")
         LOG.info("Deleted %s", path)
@@ -479,6 +485,8 @@ class Operations(pyfuse3.Operations):
         d = src_dir
         self._writable_dir(d, "rename", path)
         self._validate_name(d, new, "rename")
+        if self.catalog is not None:
+            await self.catalog.check_rename(d.store_id, old, path)
         image = await self.namespace.lookup(d, old)
         if image is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -532,7 +540,7 @@ class Operations(pyfuse3.Operations):
         return value.encode()
 
     async def listxattr(self, inode, ctx):
-        return [n.encode() for n in xattrs.names(self._node(inode))]
+        return [n.encode() for n in xattrs.names(self._node(inode), self.catalog is not None)]
 
     async def setxattr(self, inode, name, value, ctx):
         if xattrs.is_fast_refusal(name):
@@ -555,7 +563,7 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         node = self._node(inode)
         name = _name(name)
-        if name in xattrs.names(node):
+        if name in xattrs.names(node, self.catalog is not None):
             # rsync -X removes the attributes its source lacks: gsfs's own ones are
             # computed, so this is a no-op (as setxattr of them is), except that an
             # expected checksum of a file being written is forgotten

@@ -58,6 +58,10 @@ OPTS = [
                      "(0: a free port, named in the log and in gsfs status)."),
     cfg.StrOpt("metrics_address", default="127.0.0.1",
                help="Address the metrics are served on (with metrics_port)."),
+    cfg.BoolOpt("catalog_protect", default=True,
+                help="With Glance's catalog configured ([gsfs_catalog]): rm of an image "
+                     "Glance lists in that store goes through Glance, and rename of one "
+                     "is refused; off: plain store deletes and renames."),
 ]
 
 # -o name → option name, for the -o spellings that differ
@@ -112,3 +116,4 @@ class Settings:
         self.metrics_file = g.metrics_file
         self.metrics_port = g.metrics_port
         self.metrics_address = g.metrics_address
+        self.catalog_protect = g.catalog_protect

@@ -8,6 +8,10 @@ the checksums and the size, checked before the image is published):
     user.glance.size            bytes
     user.glance.store           the store identifier
     user.glance.location        the location URI (never with credentials)
+    user.glance.name, .status, .disk_format, .container_format, .visibility,
+    .owner, .catalog            with Glance's catalog configured: the image's record
+                                (catalog: listed / not-listed / unavailable;
+                                gsfs/fs/catalog_view.py); set: accepted and ignored
 On a store directory: user.glance.store_type, user.glance.store_description,
 user.glance.weight, user.gsfs.read_only.
 On the root: user.glance.default_backend, and the control channel
@@ -28,7 +32,7 @@ import os
 import pyfuse3
 
 from gsfs import config, location
-from gsfs.fs import errors
+from gsfs.fs import catalog_view, errors
 from gsfs.fs.namespace import StoreDir
 
 LOG = logging.getLogger("gsfs.fs")
@@ -55,12 +59,14 @@ def is_fast_refusal(name):
     return name.startswith(b"security.") or name.startswith(b"system.")
 
 
-def names(node):
+def names(node, catalog=False):
+    """The xattr names of ``node``; an image's include the catalog's (``catalog``:
+    Glance's catalog is configured, gsfs/fs/catalog_view.py)."""
     if node is None:
         return ROOT_NAMES
     if isinstance(node, StoreDir):
         return DIR_NAMES
-    return IMAGE_NAMES
+    return IMAGE_NAMES + catalog_view.NAMES if catalog else IMAGE_NAMES
 
 
 async def get(fs, node, name):
@@ -96,6 +102,8 @@ def _dir_value(d, name):
 
 
 async def _image_value(fs, image, name):
+    if name in catalog_view.NAMES:
+        return await _catalog_value(fs, image, name)
     if name == SIZE:
         return str(image.session.size if image.session else image.size)
     if name == STORE:
@@ -113,6 +121,20 @@ async def _image_value(fs, image, name):
     if not value:
         raise pyfuse3.FUSEError(errno.ENODATA)
     return value
+
+
+async def _catalog_value(fs, image, name):
+    """user.glance.name ... from Glance's record; user.glance.catalog: listed,
+    not-listed or unavailable."""
+    if fs.catalog is None:
+        raise pyfuse3.FUSEError(errno.ENODATA)
+    state, record = await fs.catalog.record(image.store_dir.store_id, image.name)
+    if name == catalog_view.STATE:
+        return state
+    value = (record or {}).get(catalog_view.FIELDS[name])
+    if value is None or value == "":
+        raise pyfuse3.FUSEError(errno.ENODATA)
+    return str(value)
 
 
 def forget_expected(guard, name):
@@ -154,7 +176,7 @@ def set_on_image(image, name, value):
         raise errors.refuse(errno.EEXIST if current else errno.EACCES, "setxattr", image.path,
                             "%s of a committed image cannot change (it is %s)"
                             % (name, current or "not known yet"), image.store_dir.store_id)
-    if name in INFORMATIONAL:
+    if name in INFORMATIONAL or name in catalog_view.NAMES:
         return
     raise errors.refuse(errno.ENOTSUP, "setxattr", image.path,
                         "gsfs stores only the user.glance.* checksum attributes",

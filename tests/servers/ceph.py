@@ -11,7 +11,6 @@ Drives ``tests/servers/ceph.sh``; see that script for what the cluster looks lik
 
 from __future__ import annotations
 
-import atexit
 import os
 import shlex
 import shutil
@@ -20,6 +19,8 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from tests.servers import stop_at_exit
 
 SCRIPT = Path(__file__).with_name("ceph.sh")
 
@@ -253,13 +254,4 @@ def purge_bucket(s3, bucket: str) -> None:
     s3.delete_bucket(Bucket=bucket)
 
 
-@atexit.register
-def _stop_leftovers() -> None:
-    # last resort (e.g. an interrupted session whose fixture teardown did not run)
-    with _live_lock:
-        clusters = list(_live)
-    for cluster in clusters:
-        try:
-            cluster.stop()
-        except Exception as e:  # noqa: BLE001 - report and go on at exit
-            sys.stderr.write("stopping %r at exit failed: %s\n" % (cluster, e))
+stop_at_exit(_live, _live_lock)

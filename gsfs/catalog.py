@@ -1,0 +1,225 @@
+"""Glance's catalog (its Image API v2), optional: what the images in the stores are.
+
+Off unless configured. The ``[gsfs_catalog]`` group is keystoneauth1's own
+oslo.config loading (``register_auth_conf_options``,
+``register_session_conf_options``, ``register_adapter_conf_options``), so
+any Keystone auth plugin works, or ``auth_type = none`` with
+``endpoint_override = http://GLANCE:9292`` for a Glance without Keystone;
+``interface``, ``region_name`` and ``timeout`` are the adapter's and the
+session's. Plus ``catalog_ttl`` (seconds a listing is reused). The catalog
+is on when ``auth_type`` is set.
+
+``Catalog`` (one per mount):
+
+* ``images()``: every image record, paginated (``GET /v2/images?limit&marker``),
+  cached for ``catalog_ttl``; ``by_id()``: the same as a dict;
+* ``image(id)``: one record (``GET /v2/images/ID``), None if Glance has none;
+* ``delete_from_store(store, id)``: Glance's ``DELETE /v2/stores/STORE/ID``
+  (the record loses that location and the store its data);
+* ``available``: False after a failed call, until the next one succeeds.
+
+Every call is blocking (requests through keystoneauth1): the filesystem runs
+them in worker threads. A failure raises ``CatalogUnavailable`` (the server
+is down, slow or refuses the credentials) or ``CatalogRefused`` (Glance
+answered, and said no: its status and message are kept).
+"""
+
+import logging
+import threading
+import time
+
+from oslo_config import cfg
+
+LOG = logging.getLogger(__name__)
+
+GROUP = "gsfs_catalog"
+PAGE = 200
+
+OPTS = [
+    cfg.FloatOpt("catalog_ttl", default=30.0, min=0,
+                 help="Seconds a listing of Glance's images is reused."),
+]
+
+
+class CatalogUnavailable(Exception):
+    """The Image API could not be reached (or refused the credentials)."""
+
+
+class CatalogRefused(Exception):
+    """Glance answered a change with an error (``status``, its message)."""
+
+    def __init__(self, status, message):
+        super().__init__("Glance answered %s: %s" % (status, message))
+        self.status = status
+        self.message = message
+
+
+def list_opts():
+    """The options of [gsfs_catalog] for the sample config: ours and keystoneauth1's
+    auth, session and adapter options (the auth plugin's come with it)."""
+    from keystoneauth1 import loading
+
+    return (list(OPTS) + loading.get_auth_common_conf_options()
+            + loading.get_session_conf_options()
+            + loading.get_adapter_conf_options(include_deprecated=False))
+
+
+def register_opts(conf):
+    """Register the [gsfs_catalog] options (keystoneauth1's and catalog_ttl)."""
+    from keystoneauth1 import loading
+
+    try:
+        conf.register_opts(OPTS, group=GROUP)
+    except cfg.DuplicateOptError:
+        pass
+    for register in (loading.register_auth_conf_options,
+                     loading.register_session_conf_options,
+                     loading.register_adapter_conf_options):
+        try:
+            register(conf, GROUP)
+        except cfg.DuplicateOptError:
+            pass
+
+
+def configured(conf):
+    return bool(getattr(conf, GROUP).auth_type)
+
+
+def option_names(conf):
+    """Every option [gsfs_catalog] may hold: ours, keystoneauth1's, and those
+    of the configured auth plugin (registered only when it is loaded)."""
+    from keystoneauth1 import loading
+
+    register_opts(conf)
+    names = set(getattr(conf, GROUP))
+    auth_type = getattr(conf, GROUP).auth_type
+    if auth_type:
+        try:
+            names |= {o.dest for o in loading.get_auth_plugin_conf_options(auth_type)}
+        except Exception:  # noqa: BLE001 - an unknown plugin: from_conf says so
+            pass
+    return names
+
+
+def from_conf(conf):
+    """The Catalog of ``conf``, or None when [gsfs_catalog] is not configured."""
+    register_opts(conf)
+    if not configured(conf):
+        return None
+    from keystoneauth1 import loading
+
+    auth = loading.load_auth_from_conf_options(conf, GROUP)
+    session = loading.load_session_from_conf_options(conf, GROUP, auth=auth)
+    adapter = loading.load_adapter_from_conf_options(
+        conf, GROUP, session=session, auth=auth, service_type="image")
+    group = getattr(conf, GROUP)
+    return Catalog(adapter, ttl=group.catalog_ttl, timeout=group.timeout or 10.0)
+
+
+class Catalog:
+    def __init__(self, adapter, ttl=30.0, timeout=10.0):
+        self.adapter = adapter
+        self.ttl = ttl
+        self.timeout = timeout
+        self.available = None          # unknown until the first call
+        self._lock = threading.Lock()
+        self._listed = None            # (time.monotonic(), [record, ...])
+
+    def describe(self):
+        try:
+            return self.adapter.get_endpoint() or "the Image API"
+        except Exception:  # noqa: BLE001 - only for a log line
+            return "the Image API (endpoint not known yet)"
+
+    # -- requests ---------------------------------------------------------------
+    def _request(self, method, path, ok=(200,), **kwargs):
+        from keystoneauth1 import exceptions as ksa
+
+        try:
+            resp = self.adapter.request(path, method, raise_exc=False,
+                                        timeout=self.timeout, **kwargs)
+        except ksa.ClientException as e:
+            self._unavailable("%s %s: %s: %s" % (method, path, type(e).__name__, e))
+        if resp.status_code in (401, 403) and method == "GET":
+            self._unavailable("%s %s: HTTP %d (check [gsfs_catalog]'s credentials and the "
+                              "policy)" % (method, path, resp.status_code))
+        if resp.status_code >= 500:
+            self._unavailable("%s %s: HTTP %d" % (method, path, resp.status_code))
+        self.available = True
+        if resp.status_code not in ok:
+            raise CatalogRefused(resp.status_code, _message(resp))
+        return resp
+
+    def _unavailable(self, why):
+        if self.available is not False:
+            LOG.warning("Glance's catalog is unavailable: %s; listings and reads go on from "
+                        "the stores", why)
+        self.available = False
+        raise CatalogUnavailable(why)
+
+    # -- reading ----------------------------------------------------------------------
+    def images(self, fresh=False):
+        """Every image record (dicts as Glance returns them), cached for ttl."""
+        with self._lock:
+            listed = self._listed
+        if not fresh and listed is not None and time.monotonic() - listed[0] < self.ttl:
+            return listed[1]
+        records, marker = [], None
+        while True:
+            params = {"limit": PAGE}
+            if marker:
+                params["marker"] = marker
+            page = self._request("GET", "/v2/images", params=params).json()
+            batch = page.get("images", [])
+            records.extend(batch)
+            if not page.get("next") or not batch:
+                break
+            marker = batch[-1]["id"]
+        with self._lock:
+            self._listed = (time.monotonic(), records)
+        return records
+
+    def by_id(self, fresh=False):
+        return {r["id"]: r for r in self.images(fresh=fresh)}
+
+    def image(self, image_id):
+        """One record, asked of Glance now; None if it has none."""
+        try:
+            return self._request("GET", "/v2/images/%s" % image_id).json()
+        except CatalogRefused as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def forget(self):
+        """Drop the cached listing (after a change)."""
+        with self._lock:
+            self._listed = None
+
+    # -- changing -------------------------------------------------------------------------
+    def delete_from_store(self, store_id, image_id):
+        """Glance's delete of one store's copy: the record loses the location."""
+        try:
+            self._request("DELETE", "/v2/stores/%s/%s" % (store_id, image_id), ok=(204,))
+        finally:
+            self.forget()
+
+
+def stores_of(record):
+    """The store ids a record lists (Glance's comma-separated ``stores``)."""
+    return [s for s in (record.get("stores") or "").split(",") if s]
+
+
+def _message(resp):
+    try:
+        body = resp.json()
+    except ValueError:
+        return (resp.text or "").strip()[:500]
+    if isinstance(body, dict):
+        for key in ("message", "title"):
+            if body.get(key):
+                return str(body[key])
+        err = body.get("error") or {}
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(body)[:500]

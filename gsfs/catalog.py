@@ -24,7 +24,9 @@ is down, slow or refuses the credentials) or ``CatalogRefused`` (Glance
 answered, and said no: its status and message are kept).
 """
 
+import html
 import logging
+import re
 import threading
 import time
 
@@ -214,7 +216,13 @@ def _message(resp):
     try:
         body = resp.json()
     except ValueError:
-        return (resp.text or "").strip()[:500]
+        # Glance's errors are small HTML pages: their text, in one line
+        text = html.unescape(re.sub(r"<[^>]+>", " ", resp.text or ""))
+        text = " ".join(text.split())
+        title = "%d %s" % (resp.status_code, resp.reason or "")
+        while text.startswith(title):           # <title> and <h1> repeat the status
+            text = text[len(title):].lstrip()
+        return text[:500]
     if isinstance(body, dict):
         for key in ("message", "title"):
             if body.get(key):

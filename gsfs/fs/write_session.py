@@ -314,6 +314,30 @@ class _Session:
                         self.image.path, e)
         return uri, nbytes, meta
 
+    async def _store_late_mtime(self, result):
+        """A utimens that came while the driver was adding, after the metadata
+        was written (rsync sets the mtime of its temporary file right after
+        closing it, while the commit of an empty file runs), is stored now:
+        else the store keeps the upload time and a remount shows that."""
+        meta = result[2]
+        ns = self.image.pending_mtime_ns
+        if ns is None:
+            return
+        text = driver.format_mtime_ns(ns)
+        if meta.get("mtime") == text:
+            return
+        store = self.store
+        try:
+            await self.fs.namespace.run(
+                lambda: store.set_image_meta(store.location_for(self.image.name),
+                                             {"mtime": text}))
+        except (exceptions.GlanceStoreException, exceptions.BackendException,
+                NotImplementedError) as e:
+            LOG.warning("Image %s is committed but its modification time could not be "
+                        "stored: %s", self.image.path, e)
+            return
+        meta["mtime"] = text
+
     def _finish(self, result):
         uri, nbytes, meta = result
         image = self.image
@@ -412,6 +436,7 @@ class StreamSession(_Session):
             self._fail(e)
             await self._forget_name()
         else:
+            await self._store_late_mtime(result)
             self._finish(result)
         finally:
             self.pipe.reader_done()
@@ -740,6 +765,7 @@ class SpoolSession(_Session):
             self._fail(e)
             await self._forget_name()
         else:
+            await self._store_late_mtime(result)
             self._finish(result)
         finally:
             self.fs.uploads.discard(self)

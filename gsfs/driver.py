@@ -31,6 +31,7 @@ Every library error (OSError, botocore, rados, requests) leaving a driver is a
 gsfs exception; the original is chained as ``__cause__``.
 """
 
+import contextlib
 import functools
 import logging
 import typing
@@ -97,6 +98,16 @@ def validate_image_id(image_id, max_length=255):
             "Invalid image id: %d bytes is longer than the %d this store accepts"
             % (len(image_id.encode("utf-8", "surrogateescape")), max_length))
     return image_id
+
+
+@contextlib.contextmanager
+def translated(library_errors, translate, *args, **kwargs):
+    """Raise the ``library_errors`` raised inside the block as the gsfs exception
+    ``translate(exc, *args, **kwargs)`` returns, the original chained."""
+    try:
+        yield
+    except library_errors as e:
+        raise translate(e, *args, **kwargs) from e
 
 
 def chunkreadable(data, chunk_size):

@@ -400,13 +400,9 @@ def _s3_error(exc, op, bucket=None, key=None, write=False):
     return None
 
 
-@contextlib.contextmanager
 def _s3_errors(op, bucket=None, key=None, write=False):
     """Raise library errors inside the block as gsfs exceptions (see _s3_error)."""
-    try:
-        yield
-    except _LIBRARY_ERRORS as e:
-        raise _s3_error(e, op, bucket, key, write) from e
+    return driver.translated(_LIBRARY_ERRORS, _s3_error, op, bucket, key, write)
 
 
 def _unreachable(exc):

@@ -326,13 +326,9 @@ def _swift_error(exc, op, container=None, obj=None, write=False):
                                        % (op, where, type(exc).__name__, exc))
 
 
-@contextlib.contextmanager
 def _swift_errors(op, container=None, obj=None, write=False):
-    """Raise library errors inside the block as gsfs exceptions."""
-    try:
-        yield
-    except _LIBRARY_ERRORS as e:
-        raise _swift_error(e, op, container, obj, write) from e
+    """Raise library errors inside the block as gsfs exceptions (see _swift_error)."""
+    return driver.translated(_LIBRARY_ERRORS, _swift_error, op, container, obj, write)
 
 
 def _is_missing(exc):

@@ -16,6 +16,11 @@ is on when ``auth_type`` is set.
 * ``image(id)``: one record (``GET /v2/images/ID``), None if Glance has none;
 * ``delete_from_store(store, id)``: Glance's ``DELETE /v2/stores/STORE/ID``
   (the record loses that location and the store its data);
+* ``copy_image(id, store)``: Glance's copy-image import
+  (``POST /v2/images/ID/import``): Glance copies an active image's data into
+  one more store, as a task; ``copy_state(record, store)`` reads its progress
+  from the record (``stores``, ``os_glance_importing_to_stores``,
+  ``os_glance_failed_import``);
 * ``available``: False after a failed call, until the next one succeeds.
 
 Every call is blocking (requests through keystoneauth1): the filesystem runs
@@ -40,6 +45,10 @@ PAGE = 200
 OPTS = [
     cfg.FloatOpt("catalog_ttl", default=30.0, min=0,
                  help="Seconds a listing of Glance's images is reused."),
+    cfg.FloatOpt("catalog_copy_timeout", default=3600.0, min=1,
+                 help="Seconds mv of a catalog image between stores waits for Glance's "
+                      "copy-image import to finish before it gives up (the source is "
+                      "kept)."),
 ]
 
 
@@ -115,12 +124,14 @@ def from_conf(conf):
     adapter = loading.load_adapter_from_conf_options(
         conf, GROUP, session=session, auth=auth, service_type="image")
     group = getattr(conf, GROUP)
-    return Catalog(adapter, ttl=group.catalog_ttl, timeout=group.timeout or 10.0)
+    return Catalog(adapter, ttl=group.catalog_ttl, timeout=group.timeout or 10.0,
+                   copy_timeout=group.catalog_copy_timeout)
 
 
 class Catalog:
-    def __init__(self, adapter, ttl=30.0, timeout=10.0):
+    def __init__(self, adapter, ttl=30.0, timeout=10.0, copy_timeout=3600.0):
         self.adapter = adapter
+        self.copy_timeout = copy_timeout
         self.ttl = ttl
         self.timeout = timeout
         self.available = None          # unknown until the first call
@@ -181,6 +192,15 @@ class Catalog:
             self._listed = (time.monotonic(), records)
         return records
 
+    def cached(self, image_id):
+        """The record of ``image_id`` in the last listing, without asking: None
+        when there is no listing yet, False when the listing has no such image."""
+        with self._lock:
+            listed = self._listed
+        if listed is None:
+            return None
+        return next((r for r in listed[1] if r.get("id") == image_id), False)
+
     def by_id(self, fresh=False):
         return {r["id"]: r for r in self.images(fresh=fresh)}
 
@@ -205,6 +225,33 @@ class Catalog:
             self._request("DELETE", "/v2/stores/%s/%s" % (store_id, image_id), ok=(204,))
         finally:
             self.forget()
+
+
+    def copy_image(self, image_id, store_id):
+        """Start Glance's copy-image import of an active image into ``store_id``."""
+        try:
+            self._request("POST", "/v2/images/%s/import" % image_id, ok=(202,),
+                          json={"method": {"name": "copy-image"}, "stores": [store_id]})
+        finally:
+            self.forget()
+
+
+COPIED, COPYING, COPY_FAILED, COPY_UNKNOWN = "copied", "copying", "failed", "unknown"
+
+
+def copy_state(record, store_id):
+    """Where Glance's copy of an image into ``store_id`` is, from its record."""
+    if store_id in stores_of(record):
+        return COPIED
+    if store_id in _listed(record.get("os_glance_failed_import")):
+        return COPY_FAILED
+    if store_id in _listed(record.get("os_glance_importing_to_stores")):
+        return COPYING
+    return COPY_UNKNOWN    # neither: not started yet, or the task ended without it
+
+
+def _listed(text):
+    return [s for s in (text or "").split(",") if s]
 
 
 def stores_of(record):

@@ -136,3 +136,18 @@ def _immutable(chunk):
     if isinstance(chunk, bytes):
         return True
     return isinstance(chunk, memoryview) and chunk.readonly and isinstance(chunk.obj, bytes)
+
+
+def hash_stored(store, image_id, algo, chunk=8 * 1024 * 1024):
+    """Read image ``image_id`` of ``store`` in full (blocking, ``chunk`` bytes at
+    a time) and hash it: (ImageHasher, bytes read)."""
+    hasher = ImageHasher(algo)
+    loc = store.location_for(image_id)
+    pos, size = 0, store.stat_image(loc).size
+    while pos < size:
+        data = store.read(loc, pos, min(chunk, size - pos))
+        if not data:
+            break
+        hasher.update(data)
+        pos += len(data)
+    return hasher, pos

@@ -7,7 +7,9 @@ question reaches Glance.
 """
 
 import hashlib
+import json
 import os
+import time
 import uuid
 
 import pytest
@@ -116,3 +118,127 @@ def test_rm_goes_through_glance_and_fails_safe(glance_server, gsfs_mount, stores
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert image_id not in keys, keys
     assert image_id not in os.listdir(m.path("s3"))
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting for %s" % what
+        time.sleep(0.2)
+
+
+def xattr(path, name):
+    try:
+        return os.getxattr(path, name).decode()
+    except OSError as e:
+        return "errno %d" % e.errno
+
+
+def test_by_name_links_and_catalog_verified(glance_server, gsfs_mount, stores_conf, tmp_path):
+    text = stores_conf("file", default="file")
+    g = glance_server(text)
+    qcow = tmp_path / "cirros.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", qcow, "64M")
+    cirros, _ = glance_image(g, qcow.read_bytes(), "cirros", "file")
+    dup1, _ = glance_image(g, os.urandom(1000), "dup", "file")
+    dup2, _ = glance_image(g, os.urandom(1001), "dup", "file")
+    bad_data = os.urandom(2 * MiB)
+    bad, _ = glance_image(g, bad_data, "bad/name", "file")
+    r = g.session().post(g.url + "/v2/images", json={"name": "queued-only",
+                                                     "disk_format": "raw",
+                                                     "container_format": "bare"})
+    assert r.status_code == 201, r.text
+    # the data of "bad" changed behind Glance's back (same size)
+    with open(tmp_path / "file-store" / bad, "r+b") as f:
+        f.seek(MiB)
+        f.write(b"\0" * 4096)
+    m = gsfs_mount(catalog_conf(text, g.url))
+    by_name = m.path("by-name")
+
+    assert "by-name" in os.listdir(m.path())
+    links = sorted(os.listdir(by_name))
+    assert links == sorted(["cirros", "dup." + dup1, "dup." + dup2, "bad_name"]), links
+    assert os.readlink(os.path.join(by_name, "cirros")) == "../file/" + cirros
+    listing = run("ls", "-l", by_name).stdout
+    assert "cirros -> ../file/%s" % cirros in listing, listing
+    info = json.loads(run("qemu-img", "info", "--output=json",
+                          os.path.join(by_name, "cirros")).stdout)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 64 * MiB, info
+    # read-only: nothing is created, removed or renamed there
+    for cmd in (("touch", os.path.join(by_name, "new")),
+                ("rm", os.path.join(by_name, "cirros")),
+                ("mv", os.path.join(by_name, "cirros"), os.path.join(by_name, "c2"))):
+        result = run(*cmd, check=False)
+        assert result.returncode != 0 and "Read-only file system" in result.stderr, \
+            (cmd, result.stderr)
+    assert cirros in os.listdir(m.path("file"))
+
+    # a full read's checksums against the record
+    image = m.path("file", dup1)
+    assert xattr(image, "user.glance.catalog_verified") == "not-read"
+    run("md5sum", image)
+    wait_for(lambda: xattr(image, "user.glance.catalog_verified") == "match",
+             what="catalog_verified=match")
+    run("md5sum", m.path("file", bad))
+    wait_for(lambda: xattr(m.path("file", bad), "user.glance.catalog_verified") == "mismatch",
+             what="catalog_verified=mismatch")
+    log = m.log_text()
+    assert "file/%s differs from Glance's record" % bad in log, log[-3000:]
+    assert "file/%s differs" % dup1 not in log
+
+    # a record that changes shows at the next listing (catalog_ttl = 0)
+    r = g.session().delete(g.url + "/v2/images/%s" % dup2)
+    assert r.status_code == 204, r.text
+    assert sorted(os.listdir(by_name)) == sorted(["cirros", "dup", "bad_name"])
+    assert os.readlink(os.path.join(by_name, "dup")) == "../file/" + dup1
+
+
+def test_mv_between_stores_through_glance(glance_server, gsfs_mount, stores_conf, ceph,
+                                          s3_bucket, rbd_pool, swift_container, tmp_path):
+    text = stores_conf("file", "s3", "rbd", "swift", default="file")
+    # Glance knows file, s3 and rbd; the mount has swift as well
+    g = glance_server(text, enabled_backends="file:file, s3:s3, rbd:rbd")
+    images = {}
+    for name in ("to-s3", "to-rbd", "to-swift"):
+        data = os.urandom(3 * MiB + 11)
+        images[name] = (glance_image(g, data, name, "file")[0], data)
+    m = gsfs_mount(catalog_conf(text, g.url))
+
+    for name, store in (("to-s3", "s3"), ("to-rbd", "rbd")):
+        image_id, data = images[name]
+        run("mv", m.path("file", image_id), str(m.path(store)) + "/")
+        record = g.image(image_id)
+        assert record["stores"] == store, record
+        r = g.session().get(g.url + "/v2/images/%s/file" % image_id)
+        assert r.status_code == 200 and r.content == data, (r.status_code, len(r.content))
+        assert not (tmp_path / "file-store" / image_id).exists()
+        assert image_id in os.listdir(m.path(store))
+        assert image_id not in os.listdir(m.path("file"))
+        assert run("md5sum", m.path(store, image_id)).stdout.split()[0] == \
+            hashlib.md5(data).hexdigest()
+    assert "verified in full, then deleted from file" in m.log_text()
+
+    # a store Glance does not have: Glance refuses the copy, nothing changes
+    image_id, data = images["to-swift"]
+    result = run("mv", m.path("file", image_id), str(m.path("swift")) + "/", check=False)
+    assert result.returncode != 0 and "Device or resource busy" in result.stderr, result.stderr
+    assert g.image(image_id)["stores"] == "file"
+    assert (tmp_path / "file-store" / image_id).read_bytes() == data
+    assert image_id not in os.listdir(m.path("swift"))
+    assert "Glance refused to copy image %s" % image_id in m.log_text()
+    # under another name: refused before anything is copied
+    result = run("mv", m.path("file", image_id), m.path("s3", "renamed"), check=False)
+    assert result.returncode != 0 and "Device or resource busy" in result.stderr, result.stderr
+    assert g.image(image_id)["stores"] == "file"
+    assert "renamed" not in os.listdir(m.path("s3"))
+
+    # an image Glance does not know moves as before (copy, then unlink)
+    src = tmp_path / "plain.raw"
+    src.write_bytes(os.urandom(100000))
+    plain = str(uuid.uuid4())
+    run("cp", src, m.path("file", plain))
+    run("mv", m.path("file", plain), str(m.path("s3")) + "/")
+    assert plain in os.listdir(m.path("s3")) and plain not in os.listdir(m.path("file"))

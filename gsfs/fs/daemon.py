@@ -280,9 +280,13 @@ def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=Non
     _return_freed_memory()
     ops = Operations(settings)
     ops.mountpoint = mountpoint
+    ops.config_files = [os.path.abspath(f) for f in list(config_files) + opts.config_files]
+    ops.config_dir = os.path.abspath(config_dir or opts.config_dir) \
+        if (config_dir or opts.config_dir) else None
     glance = catalog.from_conf(conf)
     if glance is not None:
         ops.catalog = CatalogView(glance, ops._run, protect=settings.catalog_protect)
+        ops.namespace.enable_by_name()
         LOG.info("Glance's catalog: %s (catalog_protect %s)", glance.describe(),
                  "on" if settings.catalog_protect else "off")
     clean_leftovers(ops)

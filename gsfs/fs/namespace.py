@@ -5,9 +5,15 @@ to ``Image`` nodes: images the backend has (from its listing, cached for
 ``cache_ttl`` seconds and updated by this mount's own writes and deletes) and
 pending images (being written, or spooled and waiting to be uploaded), which
 only this mount sees until they are committed.
+
+With Glance's catalog configured the root also holds ``by-name/`` (a
+``ByNameDir``): one read-only ``Link`` per catalog image with data in a
+mounted store (``NAME -> ../STORE/ID``); its names come from
+gsfs/fs/catalog_view.py, ``set_links`` keeps their inodes stable.
 """
 
 import logging
+import os
 import stat
 import time
 
@@ -79,6 +85,37 @@ class StoreDir:
         return self.store_id
 
 
+class ByNameDir:
+    """by-name/ at the root: Glance's image names as symlinks (read-only)."""
+
+    name = "by-name"
+    read_only = True
+
+    def __init__(self, ino):
+        self.ino = ino
+        self.links = {}            # link name → Link
+        self.mtime = time.time()
+
+    @property
+    def path(self):
+        return self.name
+
+
+class Link:
+    """A symlink in by-name/: ``target`` is ``../STORE/ID``."""
+
+    __slots__ = ("ino", "name", "target")
+
+    def __init__(self, ino, name, target):
+        self.ino = ino
+        self.name = name
+        self.target = target
+
+    @property
+    def path(self):
+        return "%s/%s" % (ByNameDir.name, self.name)
+
+
 class Namespace:
     def __init__(self, settings, worker_limiter):
         self.settings = settings
@@ -97,6 +134,42 @@ class Namespace:
             d = StoreDir(self._alloc(), store_id, store, read_only)
             self.store_dirs[store_id] = d
             self.by_ino[d.ino] = d
+        self.by_name = None        # a ByNameDir once enable_by_name() (catalog configured)
+
+    def enable_by_name(self):
+        if ByNameDir.name in self.store_dirs:
+            LOG.warning("A store is called %r: the catalog's %s/ directory of image names "
+                        "is not shown", ByNameDir.name, ByNameDir.name)
+            return
+        self.by_name = ByNameDir(self._alloc())
+        self.by_ino[self.by_name.ino] = self.by_name
+
+    def root_entries(self):
+        """The root's directories, by name: one per store, and by-name/."""
+        entries = {d.store_id: d for d in self.store_dirs.values()}
+        if self.by_name is not None:
+            entries[ByNameDir.name] = self.by_name
+        return entries
+
+    def set_links(self, targets):
+        """by-name/'s links are ``targets`` ({name: target}); a link whose name and
+        target stay keeps its inode."""
+        d = self.by_name
+        old = d.links
+        new = {}
+        for name, target in targets.items():
+            link = old.get(name)
+            if link is None or link.target != target:
+                link = Link(self._alloc(), name, target)
+                self.by_ino[link.ino] = link
+            new[name] = link
+        if set(new) != set(old):
+            d.mtime = time.time()
+        for name, link in old.items():
+            if new.get(name) is not link:
+                self.by_ino.pop(link.ino, None)
+        d.links = new
+        return new
 
     def _alloc(self):
         ino = self.next_ino
@@ -227,7 +300,13 @@ class Namespace:
         a.st_uid = s.uid
         a.st_gid = s.gid
         a.st_blksize = BLKSIZE
-        if node is None or isinstance(node, StoreDir):
+        if isinstance(node, Link):
+            a.st_mode = stat.S_IFLNK | 0o777
+            a.st_nlink = 1
+            a.st_size = len(os.fsencode(node.target))
+            a.st_blocks = 0
+            ns = int(self.by_name.mtime * 1e9)
+        elif node is None or isinstance(node, (StoreDir, ByNameDir)):
             mode = s.dir_mode
             if node is not None and node.read_only:
                 mode &= ~0o222

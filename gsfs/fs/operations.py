@@ -1,10 +1,13 @@
 """The pyfuse3 handlers. Each one validates, translates and delegates:
 
     lookup/getattr/readdir  → Namespace (store.list_images / stat_image, cached)
+    by-name/ (readdir, lookup, readlink) → CatalogView.links (Glance's listing)
     create + write + flush  → StreamSession / SpoolSession → store.add_image()
     open + read             → ReadSession → store.read()
     unlink                  → store.delete()
-    rename                  → store.rename()       (between stores: EXDEV)
+    rename                  → store.rename()       (between stores: EXDEV, or for
+                              an image Glance's catalog lists: CatalogView.move,
+                              Glance's copy-image, verify, delete from the source)
     setattr (mtime)         → store.set_image_meta()
     getxattr/setxattr       → xattrs (checksums: stored metadata, or one full read)
     statfs                  → store.capacity()
@@ -31,7 +34,7 @@ import trio
 
 from gsfs import driver, exceptions
 from gsfs.fs import errors, metrics, xattrs
-from gsfs.fs.namespace import BLKSIZE, ROOT_INODE, Image, Namespace, StoreDir
+from gsfs.fs.namespace import BLKSIZE, ROOT_INODE, ByNameDir, Image, Link, Namespace, StoreDir
 from gsfs.fs.read_session import ReadSession
 from gsfs.fs.write_session import SpoolSession, StreamSession
 
@@ -102,6 +105,8 @@ class Operations(pyfuse3.Operations):
         self.accepting_writes = True
         self.checksum_locks = {}
         self.mountpoint = None
+        self.config_files = []         # absolute paths the daemon loaded (gsfs audit reads them)
+        self.config_dir = None
         self.started = time.time()
         self._statfs_cache = None      # (when, (total, free)) of the last statfs
 
@@ -118,6 +123,10 @@ class Operations(pyfuse3.Operations):
 
     def _store_dir(self, ino, op, name=""):
         node = self._node(ino)
+        if isinstance(node, ByNameDir):
+            raise errors.refuse(errno.EROFS, op, "%s/%s" % (node.name, name),
+                                "by-name/ shows Glance's image names and is read-only; "
+                                "write, remove and rename images in their store directory")
         if not isinstance(node, StoreDir):
             raise errors.refuse(errno.EPERM, op, name or "/",
                                 "images live in the store directories; the root holds "
@@ -150,6 +159,8 @@ class Operations(pyfuse3.Operations):
                 name = _name(args[1])
                 if isinstance(node, StoreDir):
                     return "%s/%s" % (node.store_id, name), node.store_id
+                if isinstance(node, ByNameDir):
+                    return "%s/%s" % (node.name, name), None
                 return name, None
             if op in BY_DIR_FH:
                 entry = self.dir_handles.get(first)
@@ -168,6 +179,8 @@ class Operations(pyfuse3.Operations):
                     return node.path, node.store_dir.store_id
                 if isinstance(node, StoreDir):
                     return node.store_id, node.store_id
+                if isinstance(node, (ByNameDir, Link)):
+                    return node.path, None
             return "/", None
         except Exception:  # noqa: BLE001 - describing must never fail
             return "?", None
@@ -192,17 +205,33 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         name = _name(name)
         if parent_inode == ROOT_INODE:
-            d = self.namespace.store_dirs.get(name)
+            d = self.namespace.root_entries().get(name)
             if d is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self.namespace.attrs(d)
         d = self._node(parent_inode)
+        if isinstance(d, ByNameDir):
+            link = (await self._links()).get(name)
+            if link is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self.namespace.attrs(link)
         if not isinstance(d, StoreDir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         image = await self.namespace.lookup(d, name)
         if image is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.namespace.attrs(image)
+
+    async def _links(self):
+        """by-name/'s Link nodes, from the catalog's listing (cached for catalog_ttl)."""
+        targets = await self.catalog.links(set(self.namespace.store_dirs))
+        return self.namespace.set_links(targets)
+
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not isinstance(node, Link):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
 
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
@@ -262,7 +291,7 @@ class Operations(pyfuse3.Operations):
     # -- directories -------------------------------------------------------------
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        if isinstance(node, Image):
+        if isinstance(node, (Image, Link)):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         fh = self._fh()
         self.dir_handles[fh] = (inode, None)
@@ -272,12 +301,12 @@ class Operations(pyfuse3.Operations):
         inode, snapshot = self.dir_handles[fh]
         if snapshot is None or start_id == 0:
             if inode == ROOT_INODE:
-                nodes = [self.namespace.store_dirs[k] for k in sorted(self.namespace.store_dirs)]
+                entries = self.namespace.root_entries()
+            elif isinstance(self._node(inode), ByNameDir):
+                entries = await self._links()
             else:
-                d = self._node(inode)
-                entries = await self.namespace.list_dir(d)
-                nodes = [entries[k] for k in sorted(entries)]
-            snapshot = [(os.fsencode(getattr(n, "name", None) or n.store_id), n) for n in nodes]
+                entries = await self.namespace.list_dir(self._node(inode))
+            snapshot = [(os.fsencode(k), entries[k]) for k in sorted(entries)]
             self.dir_handles[fh] = (inode, snapshot)
         for index in range(start_id, len(snapshot)):
             name, node = snapshot[index]
@@ -354,6 +383,8 @@ class Operations(pyfuse3.Operations):
 
     async def open(self, inode, flags, ctx):
         image = self._node(inode)
+        if isinstance(image, Link):
+            raise pyfuse3.FUSEError(errno.ELOOP)   # O_NOFOLLOW of a by-name/ link
         if not isinstance(image, Image):
             raise pyfuse3.FUSEError(errno.EISDIR)
         accmode = flags & os.O_ACCMODE
@@ -476,6 +507,12 @@ class Operations(pyfuse3.Operations):
         src_dir = self._store_dir(parent_inode_old, "rename", old)
         dst_dir = self._store_dir(parent_inode_new, "rename", new)
         path = "%s/%s" % (src_dir.store_id, old)
+        if src_dir is not dst_dir and self.catalog is not None:
+            self._writable_dir(src_dir, "rename", path)
+            self._writable_dir(dst_dir, "rename", path)
+            if await self.catalog.move(src_dir, dst_dir, old, new, path):
+                self._move_node(src_dir, dst_dir, old)
+                return
         if src_dir is not dst_dir:
             raise errors.refuse(errno.EXDEV, "rename", path,
                                 "between stores an image is copied, not renamed (mv does "
@@ -521,6 +558,23 @@ class Operations(pyfuse3.Operations):
         await self._run(lambda: store.rename(store.location_for(old), new, replace=replace))
         self._rename_node(image, new, target)
         LOG.info("Renamed %s to %s/%s", path, d.store_id, new)
+
+    def _move_node(self, src, dst, name):
+        """After Glance moved image ``name`` from store ``src`` to ``dst``."""
+        image = src.entries.get(name)
+        old = dst.entries.get(name)
+        if old is not None:
+            self.namespace.drop(old)
+        if image is None:
+            dst.listed_at = None        # the next listing shows it
+            return
+        self.namespace.drop(image)
+        image.store_dir = dst
+        image.meta = None               # Glance's copy: its own metadata
+        image.version = None
+        dst.entries[name] = image
+        image.checked_at = time.monotonic()
+        dst.mtime = time.time()
 
     def _rename_node(self, image, new, target):
         d = image.store_dir
@@ -597,20 +651,8 @@ class Operations(pyfuse3.Operations):
             store = image.store_dir.store
             algo = self.settings.hash_algo
 
-            def compute():
-                hasher = hashing.ImageHasher(algo)
-                loc = store.location_for(image.name)
-                pos, size = 0, store.stat_image(loc).size
-                while pos < size:
-                    data = store.read(loc, pos, min(8 * 1024 * 1024, size - pos))
-                    if not data:
-                        break
-                    hasher.update(data)
-                    pos += len(data)
-                return hasher
-
             LOG.info("Computing the checksums of %s (not stored with the image)", image.path)
-            hasher = await self._run(compute)
+            hasher, _ = await self._run(hashing.hash_stored, store, image.name, algo)
             await self.remember_checksums(image, hasher.checksum, algo, hasher.hash_value)
         self.checksum_locks.pop(image.ino, None)
         return image.meta
@@ -618,6 +660,9 @@ class Operations(pyfuse3.Operations):
     async def remember_checksums(self, image, checksum, algo, hash_value):
         meta = {"checksum": checksum, "os_hash_algo": algo, "os_hash_value": hash_value}
         image.meta = dict(image.meta or {}, **meta)
+        if self.catalog is not None:
+            self.spawn(self.catalog.judge, "catalog verify", image, image.size, checksum,
+                       algo, hash_value)
         store = image.store_dir.store
         if image.store_dir.read_only:
             return  # kept in memory for this mount (e.g. the http store)
@@ -705,14 +750,17 @@ class Operations(pyfuse3.Operations):
                 "downloads": [r.status() for r in list(self.downloads)],
                 "failures": failures,
                 "spool_used_bytes": self.spool_used,
-                "metrics_url": self.metrics.url}
+                "metrics_url": self.metrics.url,
+                "config_files": list(self.config_files),
+                "config_dir": self.config_dir,
+                "catalog": self.catalog is not None}
 
 
 # Operations' pyfuse3 handlers, by what their first argument names (for the
 # funnel's log line). Each one is wrapped by errors.funnel below.
 BY_NAME = ("lookup", "create", "mkdir", "rmdir", "symlink", "mknod", "unlink", "rename")
 BY_INODE = ("getattr", "setattr", "open", "opendir", "getxattr", "setxattr", "listxattr",
-            "removexattr", "link")
+            "removexattr", "link", "readlink")
 BY_FH = ("read", "write", "flush", "fsync", "release")
 BY_DIR_FH = ("readdir", "releasedir")
 HANDLERS = BY_NAME + BY_INODE + BY_FH + BY_DIR_FH + ("statfs", "forget")

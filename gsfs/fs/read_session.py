@@ -15,7 +15,9 @@ While the whole image is fetched in order from byte 0, the blocks are hashed
 (md5 + the mount's hash_algo) in order by whichever fetch thread completes
 the run; at the end the checksums are stored with the image (driver
 metadata), so an image gsfs did not write gets its checksums from the first
-full read.
+full read. With Glance's catalog configured, a full read of an image the
+catalog lists is hashed even when checksums are stored, and compared with
+the record in the background (CatalogView.judge: user.glance.catalog_verified).
 """
 
 import collections
@@ -66,7 +68,8 @@ class ReadSession:
         self.hash_pos = 0
         self.hash_lock = threading.Lock()
         self.unhashed = {}                  # start → data fetched ahead of hash_pos
-        if not (image.meta or {}).get("checksum"):
+        if not (image.meta or {}).get("checksum") or (
+                fs.catalog is not None and fs.catalog.wants_verdict(image)):
             self.hasher = hashing.ImageHasher(fs.settings.hash_algo)
         self.bytes_out = 0
         fs.downloads.add(self)
@@ -176,7 +179,11 @@ class ReadSession:
             return
         checksum, hash_value = await trio.to_thread.run_sync(
             lambda: (hasher.checksum, hasher.hash_value), limiter=self.fs.namespace.limiter)
-        await self.fs.remember_checksums(self.image, checksum, hasher.algo, hash_value)
+        if not (self.image.meta or {}).get("checksum"):
+            await self.fs.remember_checksums(self.image, checksum, hasher.algo, hash_value)
+        elif self.fs.catalog is not None:
+            self.fs.spawn(self.fs.catalog.judge, "catalog verify", self.image, self.hash_pos,
+                          checksum, hasher.algo, hash_value)
 
     def close(self):
         self.window.clear()

@@ -12,6 +12,8 @@ the checksums and the size, checked before the image is published):
     .owner, .catalog            with Glance's catalog configured: the image's record
                                 (catalog: listed / not-listed / unavailable;
                                 gsfs/fs/catalog_view.py); set: accepted and ignored
+    user.glance.catalog_verified  a full read's checksums against the record: match,
+                                mismatch, not-read, no-checksum (or the .catalog state)
 On a store directory: user.glance.store_type, user.glance.store_description,
 user.glance.weight, user.gsfs.read_only.
 On the root: user.glance.default_backend, and the control channel
@@ -33,7 +35,7 @@ import pyfuse3
 
 from gsfs import config, location
 from gsfs.fs import catalog_view, errors
-from gsfs.fs.namespace import StoreDir
+from gsfs.fs.namespace import ByNameDir, Link, StoreDir
 
 LOG = logging.getLogger("gsfs.fs")
 
@@ -66,6 +68,8 @@ def names(node, catalog=False):
         return ROOT_NAMES
     if isinstance(node, StoreDir):
         return DIR_NAMES
+    if isinstance(node, (ByNameDir, Link)):
+        return ()
     return IMAGE_NAMES + catalog_view.NAMES if catalog else IMAGE_NAMES
 
 
@@ -75,6 +79,8 @@ async def get(fs, node, name):
         return _root_value(fs, name)
     if isinstance(node, StoreDir):
         return _dir_value(node, name)
+    if isinstance(node, (ByNameDir, Link)):
+        raise pyfuse3.FUSEError(errno.ENODATA)
     return await _image_value(fs, node, name)
 
 
@@ -128,6 +134,8 @@ async def _catalog_value(fs, image, name):
     not-listed or unavailable."""
     if fs.catalog is None:
         raise pyfuse3.FUSEError(errno.ENODATA)
+    if name == catalog_view.VERIFIED:
+        return await fs.catalog.verdict(image)
     state, record = await fs.catalog.record(image.store_dir.store_id, image.name)
     if name == catalog_view.STATE:
         return state

@@ -1,13 +1,15 @@
-"""The ``gsfs`` command: mount, umount, status, check-config, --version.
+"""The ``gsfs`` command: mount, umount, status, check-config, audit, --version.
 
     gsfs mount [--config-file F]... [--config-dir D] MOUNTPOINT [-o OPTS] [-f] [--debug]
     gsfs umount MOUNTPOINT
     gsfs status MOUNTPOINT [--json | --watch [--interval S]]
     gsfs check-config [CONF...] [--config-dir D] [-o OPTS] [--timeout S]
+    gsfs audit MOUNTPOINT [--json] [--verify] [--config-file F]...
 
 ``-o`` and ``--debug`` are parsed by gsfs/mount_options.py (``--debug`` is
 ``-o debug``); the mount's debug switch is read there and nowhere else.
-``status`` is gsfs/status_view.py, ``check-config`` gsfs/check_config.py.
+``status`` is gsfs/status_view.py, ``check-config`` gsfs/check_config.py,
+``audit`` gsfs/audit.py.
 """
 
 import argparse
@@ -76,6 +78,17 @@ def _parser():
                    help="seconds each store's reachability probe may take (default 5)")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="also print the warnings the loading logged")
+
+    a = sub.add_parser("audit", help="compare a mount's stores with Glance's catalog: "
+                                     "orphans, missing images, size or checksum mismatches")
+    a.add_argument("mountpoint")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.add_argument("--verify", action="store_true",
+                   help="also read every catalog image through the mount and compare its "
+                        "checksums (slow: all the data is read)")
+    a.add_argument("--config-file", action="append", default=[], metavar="PATH",
+                   help="read [gsfs_catalog] from this file (repeatable) instead of the "
+                        "config the daemon loaded")
     return p
 
 
@@ -95,6 +108,9 @@ def main(argv=None):
     if args.command == "check-config":
         from gsfs import check_config
         return check_config.main(args)
+    if args.command == "audit":
+        from gsfs import audit
+        return audit.main(args)
     return cmd_status(args)
 
 

@@ -167,9 +167,14 @@ def _mount_in_background(args):
               file=sys.stderr)
         _print_tail(log_file, start=log_start)
         return 1
-    stores = sorted(os.listdir(mountpoint))
-    print("gsfs: mounted %s at %s (pid %d, log %s)" % (
-        ", ".join(stores), mountpoint, proc.pid, log_file))
+    try:
+        status = json.loads(os.getxattr(mountpoint, "user.gsfs.status"))
+        stores = [d["id"] for d in status["stores"]]
+        extra = " (and by-name/, Glance's image names)" if status.get("catalog") else ""
+    except (OSError, ValueError, KeyError):
+        stores, extra = sorted(os.listdir(mountpoint)), ""
+    print("gsfs: mounted %s%s at %s (pid %d, log %s)" % (
+        ", ".join(stores), extra, mountpoint, proc.pid, log_file))
     return 0
 
 

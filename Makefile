@@ -8,7 +8,7 @@ setup:
 
 # exit code 5 ("no tests collected") fails like any other non-zero code, with a clear message
 test: setup
-	.venv/bin/pytest -q -ra tests; rc=$$?; \
+	.venv/bin/pytest -q -ra --durations=25 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): FAILED" >&2; fi; \
 	exit $$rc
 

@@ -18,9 +18,9 @@ What it does, in order (``run()``):
 
    orphans     files no record lists in that store (no record with the id,
                or one whose ``stores`` lacks it). Each candidate is asked of
-               Glance once more by id (``GET /v2/images/ID`` also finds the
-               hidden images a listing leaves out, and images created since
-               the listing); one Glance is still uploading (saving,
+               Glance once more by id (``GET /v2/images/ID`` also finds images
+               created since the listing, and hidden ones should a listing
+               leave them out); one Glance is still uploading (saving,
                importing, uploading) or copying into that store
                (``os_glance_importing_to_stores``), or one being written
                through the mount, is skipped, not reported.
@@ -32,12 +32,13 @@ What it does, in order (``run()``):
                differs from ``os_hash_value``: the file is read in full
                through the mount, in 8 MiB chunks. Records not active, or
                with no checksums, are not verified (listed in "skipped").
-   unreadable  a catalog image whose file cannot be stat'ed, or with
-               ``--verify`` read (EIO...).
+   unreadable  a file of the store that cannot be stat'ed (EIO, EACCES...: the
+               rest of the store is still audited), or with ``--verify`` read.
    checked     how many catalog images present in the store were compared.
 
-   A store directory that cannot be listed gets an ``error`` (and no
-   orphans or missing: nothing is known of it).
+   A store directory that cannot be listed (in full) gets an ``error`` (and
+   no orphans or missing: nothing is known of it). Catalog records without
+   an id are not compared (listed in "skipped").
 4. ``Progress``: while ``--verify`` reads, one line on stderr refreshed in
    place with ``\\r`` (images and bytes done of the total, MiB/s, the
    current image); only when stderr is a terminal.
@@ -48,8 +49,9 @@ What it does, in order (``run()``):
 
 Exit status: 0 nothing wrong, 1 something found, 2 the audit could not be
 done (not a gsfs mount, no catalog configured, the catalog unreachable or
-refusing, a store directory that cannot be listed), with one line on stderr
-naming the cause and the fix.
+refusing, a store directory that cannot be listed, an answer or a state
+the audit does not understand: ``gsfs: audit: WHAT FAILED: ERROR; ...``),
+with one line on stderr naming the cause and the fix (never a traceback).
 """
 
 import json
@@ -167,8 +169,9 @@ def _importing(rec):
 
 
 def scan(store_path):
-    """{name: (size, mtime)} of the files in a store directory of the mount."""
-    files = {}
+    """({name: (size, mtime)} of the files in a store directory of the mount,
+    {name: error} of its entries that cannot be stat'ed)."""
+    files, unreadable = {}, {}
     with os.scandir(store_path) as entries:
         for entry in entries:
             try:
@@ -177,8 +180,11 @@ def scan(store_path):
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:       # deleted while listing
                 continue
+            except OSError as e:            # EIO, EACCES... of this entry: the rest is listed
+                unreadable[entry.name] = "stat: %s" % (e.strerror or e)
+                continue
             files[entry.name] = (st.st_size, st.st_mtime)
-    return files
+    return files, unreadable
 
 
 def new_store_result():
@@ -191,10 +197,16 @@ class Audit:
     def __init__(self, mountpoint, catalog, records, writing=()):
         self.mountpoint = mountpoint
         self.catalog = catalog
-        self.records = {r["id"]: r for r in records}
         self.writing = set(writing)     # "STORE/NAME" of images written through the mount
         self.stores = {}
         self.skipped = []
+        self.records = {}
+        for rec in records:
+            if isinstance(rec.get("id"), str) and rec["id"]:
+                self.records[rec["id"]] = rec
+            else:
+                self.skip(None, None, rec.get("name"),
+                          "no id in the record: not compared")
         self.why = {}                   # (store, id) → why an orphan is one (text mode)
         self.to_verify = []             # (store, path, size, record)
         self.now = time.time()
@@ -206,10 +218,14 @@ class Audit:
         result = self.stores[store] = new_store_result()
         store_path = os.path.join(self.mountpoint, store)
         try:
-            files = scan(store_path)
+            files, unreadable = scan(store_path)
         except OSError as e:
             result["error"] = "cannot list %s: %s" % (store_path, e.strerror or e)
             return
+        for name, error in sorted(unreadable.items()):
+            result["unreadable"].append({"id": name,
+                                         "name": self.records.get(name, {}).get("name"),
+                                         "error": error})
         present = {}                    # id → (size, mtime, record)
         for name, (fsize, mtime) in sorted(files.items()):
             rec = self.records.get(name)
@@ -235,7 +251,8 @@ class Audit:
                     "its record lists %s" % (", ".join(catalog_mod.stores_of(rec))
                                              or "no store"))
         for image_id, rec in sorted(self.records.items()):
-            if store not in catalog_mod.stores_of(rec) or image_id in files:
+            if store not in catalog_mod.stores_of(rec) or image_id in files or \
+                    image_id in unreadable:
                 continue
             rec = ask_again(self.catalog, image_id)
             if rec is None or store not in catalog_mod.stores_of(rec):
@@ -258,10 +275,10 @@ class Audit:
                 self.to_verify.append((store, image_id, fsize, rec))
 
     # -- --verify ------------------------------------------------------------------------------
-    def verifiable(self, store, rec):
+    def verifiable(self, store, image_id, rec):
         """{what: (algo, catalog value)} to compare for ``rec``, or None (skipped, said so)."""
         if rec.get("status") != "active":
-            self.skip(store, rec["id"], rec.get("name"),
+            self.skip(store, image_id, rec.get("name"),
                       "status %s: checksums not compared" % rec.get("status"))
             return None
         wanted = {}
@@ -273,11 +290,11 @@ class Audit:
                 hashing.validate_algo(algo)
                 wanted["os_hash_value"] = (algo, value)
             except exceptions.UnknownHashingAlgo:
-                self.skip(store, rec["id"], rec.get("name"),
+                self.skip(store, image_id, rec.get("name"),
                           "os_hash_algo %s is not known here: os_hash_value not compared"
                           % algo)
         if not wanted:
-            self.skip(store, rec["id"], rec.get("name"),
+            self.skip(store, image_id, rec.get("name"),
                       "no checksums in the record: not compared")
             return None
         return wanted
@@ -286,7 +303,7 @@ class Audit:
         """Read every present catalog image through the mount; compare its checksums."""
         jobs = []
         for store, image_id, fsize, rec in self.to_verify:
-            wanted = self.verifiable(store, rec)
+            wanted = self.verifiable(store, image_id, rec)
             if wanted:
                 jobs.append((store, image_id, fsize, rec, wanted))
         progress.begin(len(jobs), sum(job[2] for job in jobs))
@@ -440,7 +457,7 @@ def render_text(audit, verify, catalog_label):
                          "file" % (m["id"], _name(m)))
         for m in r["mismatched"]:
             if m["what"] == "size":
-                detail = "size: catalog %d bytes, file %d bytes" % (m["catalog"], m["found"])
+                detail = "size: catalog %s bytes, file %d bytes" % (m["catalog"], m["found"])
             else:
                 detail = "%s: catalog %s, read %s" % (m["what"], _short(m["catalog"]),
                                                       _short(m["found"]))
@@ -450,7 +467,10 @@ def render_text(audit, verify, catalog_label):
     if audit.skipped:
         lines.append("skipped (%d):" % len(audit.skipped))
         for s in audit.skipped:
-            what = "%s/%s  %s" % (s["store"], s["id"], _name(s)) if s["id"] else s["store"]
+            if s["id"]:
+                what = "%s/%s  %s" % (s["store"], s["id"], _name(s))
+            else:
+                what = s["store"] or "catalog record %s" % _name(s)
             lines.append("  %s: %s" % (what, s["reason"]))
     lines.append(summary(audit))
     return "\n".join(lines) + "\n"
@@ -481,22 +501,42 @@ def _s(n):
 
 # -- the command ---------------------------------------------------------------------------------
 def run(mountpoint, config_files=(), verify=False, progress=None):
-    """The audit of ``mountpoint``; (Audit, catalog label). AuditError when it cannot be done."""
-    status = read_mount(mountpoint)
-    files, config_dir = config_source(status, config_files)
-    catalog = open_catalog(files, config_dir)
-    records = list_catalog(catalog, _where(files, config_dir))
-    writing = [u.get("path") for u in status.get("uploads", []) + status.get("pending_spooled",
-                                                                            [])]
-    audit = Audit(mountpoint, catalog, records, writing)
-    for store in sorted(s["id"] for s in status.get("stores", [])):
-        if store.startswith(RESERVED_PREFIX):
-            audit.skip(store, None, None, "Glance's reserved store: not audited")
-            continue
-        audit.audit_store(store)
-    if verify:
-        audit.verify(progress or Progress(None))
-    return audit, catalog.describe()
+    """The audit of ``mountpoint``; (Audit, catalog label). AuditError when it cannot be done,
+    also for any other exception (an answer or a state not understood): ``unexpected()``."""
+    doing, where = "reading the status of the gsfs mount at %s" % mountpoint, None
+    try:
+        status = read_mount(mountpoint)
+        writing = [u.get("path") for u in status.get("uploads", []) +
+                   status.get("pending_spooled", [])]
+        stores = sorted(s["id"] for s in status.get("stores", []))
+        doing = "loading [gsfs_catalog]"
+        files, config_dir = config_source(status, config_files)
+        where = _where(files, config_dir)
+        catalog = open_catalog(files, config_dir)
+        doing = "listing the images of Glance's catalog at %s" % catalog.describe()
+        audit = Audit(mountpoint, catalog, list_catalog(catalog, where), writing)
+        for store in stores:
+            if store.startswith(RESERVED_PREFIX):
+                audit.skip(store, None, None, "Glance's reserved store: not audited")
+                continue
+            doing = "auditing store %s" % store
+            audit.audit_store(store)
+        if verify:
+            doing = "verifying the images' checksums"
+            audit.verify(progress or Progress(None))
+        return audit, catalog.describe()
+    except AuditError:
+        raise
+    except Exception as e:  # noqa: BLE001 - exit 2 with one line, not 1 with a traceback
+        raise AuditError(unexpected(doing, e, where)) from None
+
+
+def unexpected(doing, e, where=None):
+    """The line for an exception the audit does not expect, raised while ``doing``."""
+    error = type(e).__name__ + (": %s" % " ".join(str(e).split()) if str(e) else "")
+    return ("%s: %s; check that [gsfs_catalog]%s points at Glance's Image API and that the "
+            "mount runs this gsfs version; if both do, report this line as a gsfs bug"
+            % (doing, error, " in %s" % where if where else ""))
 
 
 def main(args, out=sys.stdout, err=sys.stderr):
@@ -514,11 +554,15 @@ def main(args, out=sys.stdout, err=sys.stderr):
             return 2
     finally:
         root.removeHandler(quiet)
-    if args.json:
-        json.dump(audit.document(), out, indent=2)
-        out.write("\n")
-    else:
-        out.write(render_text(audit, args.verify, label))
+    try:
+        if args.json:
+            report = json.dumps(audit.document(), indent=2) + "\n"
+        else:
+            report = render_text(audit, args.verify, label)
+    except Exception as e:  # noqa: BLE001 - as in run()
+        print("gsfs: audit: %s" % unexpected("writing the report", e), file=err)
+        return 2
+    out.write(report)
     out.flush()
     for store in audit.incomplete:
         print("gsfs: audit: store %s was not audited (%s); check it with `gsfs status %s` and "

@@ -34,6 +34,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 
 from oslo_config import cfg
 
@@ -136,6 +137,7 @@ class Catalog:
         self.timeout = timeout
         self.available = None          # unknown until the first call
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()   # one listing at a time
         self._listed = None            # (time.monotonic(), [record, ...])
 
     def describe(self):
@@ -143,6 +145,16 @@ class Catalog:
             return self.adapter.get_endpoint() or "the Image API"
         except Exception:  # noqa: BLE001 - only for a log line
             return "the Image API (endpoint not known yet)"
+
+    def admin(self):
+        """Does Keystone give [gsfs_catalog]'s user the admin role? None when
+        it cannot be told (auth_type none, Keystone not answering)."""
+        try:
+            auth = self.adapter.session.auth or self.adapter.auth
+            access = auth.get_access(self.adapter.session)
+            return "admin" in (access.role_names or [])
+        except Exception:  # noqa: BLE001 - only decides a warning
+            return None
 
     # -- requests ---------------------------------------------------------------
     def _request(self, method, path, ok=(200,), **kwargs):
@@ -163,6 +175,14 @@ class Catalog:
             raise CatalogRefused(resp.status_code, _message(resp))
         return resp
 
+    def _json(self, resp):
+        try:
+            return resp.json()
+        except ValueError:
+            self._unavailable("%s %s: HTTP %d without JSON (is endpoint_override Glance's "
+                              "Image API?)" % (resp.request.method if resp.request else "",
+                                               resp.url, resp.status_code))
+
     def _unavailable(self, why):
         if self.available is not False:
             LOG.warning("Glance's catalog is unavailable: %s; listings and reads go on from "
@@ -172,24 +192,42 @@ class Catalog:
 
     # -- reading ----------------------------------------------------------------------
     def images(self, fresh=False):
-        """Every image record (dicts as Glance returns them), cached for ttl."""
+        """Every image record (dicts as Glance returns them), hidden ones too,
+        cached for ttl. One listing runs at a time: callers that wait for it
+        use its answer."""
+        asked = time.monotonic()
         with self._lock:
             listed = self._listed
-        if not fresh and listed is not None and time.monotonic() - listed[0] < self.ttl:
+        if not fresh and listed is not None and asked - listed[0] < self.ttl:
             return listed[1]
+        with self._refreshing:
+            with self._lock:
+                listed = self._listed
+            if listed is not None and listed[0] >= asked:
+                return listed[1]           # listed by another caller meanwhile
+            records = self._list(hidden=False) + self._list(hidden=True)
+            with self._lock:
+                self._listed = (time.monotonic(), records)
+        return records
+
+    def _list(self, hidden):
+        """One paginated listing; Glance leaves hidden images (os_hidden) out of
+        its default one, and lists only them with os_hidden=true."""
         records, marker = [], None
         while True:
             params = {"limit": PAGE}
+            if hidden:
+                params["os_hidden"] = "true"
             if marker:
                 params["marker"] = marker
-            page = self._request("GET", "/v2/images", params=params).json()
-            batch = page.get("images", [])
+            page = self._json(self._request("GET", "/v2/images", params=params))
+            if not isinstance(page, dict):
+                self._unavailable("GET /v2/images: the answer is not an image listing")
+            batch = [r for r in page.get("images", []) if isinstance(r, dict) and r.get("id")]
             records.extend(batch)
             if not page.get("next") or not batch:
                 break
             marker = batch[-1]["id"]
-        with self._lock:
-            self._listed = (time.monotonic(), records)
         return records
 
     def cached(self, image_id):
@@ -207,11 +245,14 @@ class Catalog:
     def image(self, image_id):
         """One record, asked of Glance now; None if it has none."""
         try:
-            return self._request("GET", "/v2/images/%s" % image_id).json()
+            rec = self._json(self._request("GET", "/v2/images/%s" % _quoted(image_id)))
         except CatalogRefused as e:
             if e.status == 404:
                 return None
             raise
+        if not isinstance(rec, dict) or rec.get("id") != image_id:
+            return None                    # not this image's record
+        return rec
 
     def forget(self):
         """Drop the cached listing (after a change)."""
@@ -222,7 +263,8 @@ class Catalog:
     def delete_from_store(self, store_id, image_id):
         """Glance's delete of one store's copy: the record loses the location."""
         try:
-            self._request("DELETE", "/v2/stores/%s/%s" % (store_id, image_id), ok=(204,))
+            self._request("DELETE", "/v2/stores/%s/%s" % (_quoted(store_id), _quoted(image_id)),
+                          ok=(204,))
         finally:
             self.forget()
 
@@ -230,7 +272,7 @@ class Catalog:
     def copy_image(self, image_id, store_id):
         """Start Glance's copy-image import of an active image into ``store_id``."""
         try:
-            self._request("POST", "/v2/images/%s/import" % image_id, ok=(202,),
+            self._request("POST", "/v2/images/%s/import" % _quoted(image_id), ok=(202,),
                           json={"method": {"name": "copy-image"}, "stores": [store_id]})
         finally:
             self.forget()
@@ -243,20 +285,27 @@ def copy_state(record, store_id):
     """Where Glance's copy of an image into ``store_id`` is, from its record."""
     if store_id in stores_of(record):
         return COPIED
-    if store_id in _listed(record.get("os_glance_failed_import")):
-        return COPY_FAILED
-    if store_id in _listed(record.get("os_glance_importing_to_stores")):
+    if store_id in listed(record.get("os_glance_importing_to_stores")):
         return COPYING
+    if store_id in listed(record.get("os_glance_failed_import")):
+        return COPY_FAILED
     return COPY_UNKNOWN    # neither: not started yet, or the task ended without it
 
 
-def _listed(text):
+def listed(text):
+    """The store ids of a comma-separated record property."""
     return [s for s in (text or "").split(",") if s]
+
+
+def _quoted(part):
+    """One path segment: an image name with ``#``, ``?`` or ``/`` must not
+    become another image's URL."""
+    return urllib.parse.quote(part, safe="")
 
 
 def stores_of(record):
     """The store ids a record lists (Glance's comma-separated ``stores``)."""
-    return [s for s in (record.get("stores") or "").split(",") if s]
+    return listed(record.get("stores"))
 
 
 def _message(resp):

@@ -6,20 +6,23 @@ the store's data directory (tmp_path / "file-store").
 """
 
 import fcntl
+import functools
+import hashlib
+import http.server
 import json
 import os
 import struct
 import subprocess
 import termios
+import threading
 import uuid
 
 import pytest
 
+from gsfs import audit as audit_mod
 from tests.servers.mounts import GSFS
 from tests.test_catalog import catalog_conf, glance_image
 from tests.test_fuse_file_http import run
-
-pytestmark = [pytest.mark.fuse]
 
 MiB = 1024 * 1024
 
@@ -64,6 +67,7 @@ def under_pty(cmd):
     return proc.wait(timeout=300), got.decode("utf-8", "replace")
 
 
+@pytest.mark.fuse
 def test_audit_reports_orphan_missing_and_corrupt(glance_server, gsfs_mount, stores_conf,
                                                   tmp_path):
     text = stores_conf("file", default="file")
@@ -152,6 +156,7 @@ def test_audit_reports_orphan_missing_and_corrupt(glance_server, gsfs_mount, sto
     assert "unreachable" in result.stderr and "[gsfs_catalog]" in result.stderr
 
 
+@pytest.mark.fuse
 def test_audit_cannot_be_done_without_a_mount_or_a_catalog(glance_server, gsfs_mount,
                                                            stores_conf, tmp_path):
     # not a gsfs mount
@@ -175,3 +180,73 @@ def test_audit_cannot_be_done_without_a_mount_or_a_catalog(glance_server, gsfs_m
     code, doc = audit_json(m.mountpoint, "--config-file", str(conf))
     assert code == 0 and doc["ok"] is True, doc
     assert doc["stores"]["file"]["checked"] == 0
+
+    # an endpoint that is not Glance's Image API: a static web server answering 200
+    web = tmp_path / "web"
+    (web / "v2").mkdir(parents=True)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(web)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conf.write_text(catalog_conf(text, "http://127.0.0.1:%d" % server.server_port))
+        answers = {
+            "<html><body>It works!</body></html>": "[gsfs_catalog]",    # not JSON
+            json.dumps({"images": [{"id": str(uuid.uuid4()), "stores": 5}]}):
+                "auditing store file: AttributeError",
+        }
+        for body, what in answers.items():
+            (web / "v2" / "images").write_text(body)
+            for args in ((), ("--json",)):
+                result = audit(m.mountpoint, "--config-file", str(conf), *args)
+                assert result.returncode == 2 and result.stdout == "", result
+                assert len(result.stderr.splitlines()) == 1, result.stderr
+                assert result.stderr.startswith("gsfs: audit: ") and what in result.stderr
+                assert "Traceback" not in result.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=30)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_records_without_id_size_or_name(tmp_path):
+    """Classification and rendering from plain records, on a real directory (no mount,
+    no catalog: every file is one the records list, so Glance is never asked again)."""
+    store = tmp_path / "file"
+    store.mkdir()
+    data = {name: os.urandom(1000 + i) for i, name in enumerate(("nosize", "short", "bad"))}
+    for name, blob in data.items():
+        (store / name).write_bytes(blob)
+    records = [
+        {"name": "lost", "stores": "file"},                     # no id
+        {"id": None, "name": None, "stores": "file"},
+        {"id": "nosize", "name": None, "size": None, "status": "queued", "stores": "file"},
+        {"id": "short", "name": None, "size": 5, "stores": "file"},
+        {"id": "bad", "name": None, "size": len(data["bad"]), "status": "active",
+         "checksum": hashlib.md5(b"other").hexdigest(), "stores": "file"},
+    ]
+    a = audit_mod.Audit(str(tmp_path), None, records)
+    assert sorted(a.records) == ["bad", "nosize", "short"]
+    assert [(s["store"], s["id"], s["name"]) for s in a.skipped] == [(None, None, "lost"),
+                                                                     (None, None, None)]
+    a.audit_store("file")
+    a.verify(audit_mod.Progress(None))
+    r = a.stores["file"]
+    assert r["checked"] == 3 and r["orphans"] == [] and r["missing"] == []
+    assert [(x["id"], x["what"], x["name"]) for x in r["mismatched"]] == [
+        ("short", "size", None), ("bad", "checksum", None)]
+    assert r["unreadable"] == []
+    assert [s["id"] for s in a.skipped[2:]] == ["nosize"]   # status queued: not verified
+    r["unreadable"].append({"id": "gone-bad", "name": None, "error": "stat: Input/output error"})
+    text = audit_mod.render_text(a, True, "http://glance")
+    assert "  mismatched  short  (no name): size: catalog 5 bytes, file 1001 bytes" in text
+    assert "  unreadable  gone-bad  (no name): stat: Input/output error" in text
+    assert '  catalog record "lost": no id in the record: not compared' in text
+    assert "  catalog record (no name): no id in the record: not compared" in text
+    assert text.splitlines()[-1].startswith("summary: 3 problems"), text
+    assert json.loads(json.dumps(a.document()))["ok"] is False

@@ -6,9 +6,11 @@ The mount talks to Glance with ``[gsfs_catalog] auth_type = none`` and
 question reaches Glance.
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 
@@ -100,6 +102,51 @@ def test_rm_goes_through_glance_and_fails_safe(glance_server, gsfs_mount, stores
     assert g.image(image_id)["stores"] == "s3"
     assert "Glance refused to delete" in m.log_text()
 
+    # an image Glance is still writing (a slow upload, status saving): not deleted
+    slow_id = str(uuid.uuid4())
+    r = g.session().post(g.url + "/v2/images", json={"id": slow_id, "name": "slow",
+                                                     "disk_format": "raw",
+                                                     "container_format": "bare"})
+    assert r.status_code == 201, r.text
+    chunk = os.urandom(MiB)
+    go_on = threading.Event()
+
+    class Body:
+        """2 MiB of known length that stops half way until told to go on."""
+
+        def __init__(self):
+            self.sent = 0
+
+        def __len__(self):
+            return 2 * MiB - self.sent
+
+        def read(self, n=-1):
+            if self.sent == MiB:
+                go_on.wait(60)
+            n = min(n if n > 0 else MiB, MiB - self.sent % MiB, 2 * MiB - self.sent)
+            self.sent += n
+            return chunk[:n]
+
+    def upload():
+        return g.session().put(g.url + "/v2/images/%s/file" % slow_id, data=Body(),
+                               headers={"Content-Type": "application/octet-stream",
+                                        "X-Image-Meta-Store": "file"})
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(upload)
+        try:
+            wait_for(lambda: g.image(slow_id)["status"] == "saving" and
+                     (tmp_path / "file-store" / slow_id).exists(), what="a saving upload")
+            result = run("rm", m.path("file", slow_id), check=False)
+            assert result.returncode != 0 and "Device or resource busy" in result.stderr, \
+                result.stderr
+            assert "Glance is writing its image %s" % slow_id in m.log_text()
+        finally:
+            go_on.set()
+        assert done.result(timeout=60).status_code == 204
+    assert g.image(slow_id)["status"] == "active"
+    assert (tmp_path / "file-store" / slow_id).stat().st_size == 2 * MiB
+
     # the catalog unreachable: rm fails safe, the xattr says so
     g.stop()
     assert getfattr_d(m.path("s3", image_id))["user.glance.catalog"] == "unavailable"
@@ -147,6 +194,12 @@ def test_by_name_links_and_catalog_verified(glance_server, gsfs_mount, stores_co
     dup2, _ = glance_image(g, os.urandom(1001), "dup", "file")
     bad_data = os.urandom(2 * MiB)
     bad, _ = glance_image(g, bad_data, "bad/name", "file")
+    hidden, _ = glance_image(g, os.urandom(999), "hidden-one", "file")
+    r = g.session().patch(g.url + "/v2/images/%s" % hidden,
+                          json=[{"op": "replace", "path": "/os_hidden", "value": True}],
+                          headers={"Content-Type":
+                                   "application/openstack-images-v2.1-json-patch"})
+    assert r.status_code == 200, r.text
     r = g.session().post(g.url + "/v2/images", json={"name": "queued-only",
                                                      "disk_format": "raw",
                                                      "container_format": "bare"})
@@ -160,7 +213,10 @@ def test_by_name_links_and_catalog_verified(glance_server, gsfs_mount, stores_co
 
     assert "by-name" in os.listdir(m.path())
     links = sorted(os.listdir(by_name))
-    assert links == sorted(["cirros", "dup." + dup1, "dup." + dup2, "bad_name"]), links
+    # Glance's hidden images (left out of its default listing) are there too
+    assert links == sorted(["cirros", "dup." + dup1, "dup." + dup2, "bad_name",
+                            "hidden-one"]), links
+    assert getfattr_d(m.path("file", hidden))["user.glance.catalog"] == "listed"
     assert os.readlink(os.path.join(by_name, "cirros")) == "../file/" + cirros
     listing = run("ls", "-l", by_name).stdout
     assert "cirros -> ../file/%s" % cirros in listing, listing
@@ -192,7 +248,7 @@ def test_by_name_links_and_catalog_verified(glance_server, gsfs_mount, stores_co
     # a record that changes shows at the next listing (catalog_ttl = 0)
     r = g.session().delete(g.url + "/v2/images/%s" % dup2)
     assert r.status_code == 204, r.text
-    assert sorted(os.listdir(by_name)) == sorted(["cirros", "dup", "bad_name"])
+    assert sorted(os.listdir(by_name)) == sorted(["cirros", "dup", "bad_name", "hidden-one"])
     assert os.readlink(os.path.join(by_name, "dup")) == "../file/" + dup1
 
 
@@ -206,6 +262,14 @@ def test_mv_between_stores_through_glance(glance_server, gsfs_mount, stores_conf
         data = os.urandom(3 * MiB + 11)
         images[name] = (glance_image(g, data, name, "file")[0], data)
     m = gsfs_mount(catalog_conf(text, g.url))
+
+    # an image open through the mount does not move
+    with open(m.path("file", images["to-s3"][0]), "rb") as f:
+        result = run("mv", m.path("file", images["to-s3"][0]), str(m.path("s3")) + "/",
+                     check=False)
+        assert f.read(10) == images["to-s3"][1][:10]
+    assert result.returncode != 0 and "Device or resource busy" in result.stderr, result.stderr
+    assert g.image(images["to-s3"][0])["stores"] == "file"
 
     for name, store in (("to-s3", "s3"), ("to-rbd", "rbd")):
         image_id, data = images[name]

@@ -91,15 +91,15 @@ def link_targets(records, mounted):
     for rec in records:
         stores = [s for s in catalog_mod.stores_of(rec) if s in mounted]
         if stores and rec.get("id"):
-            chosen.append((_link_name(rec), rec["id"], stores[0]))
-    counts = collections.Counter(name for name, _, _ in chosen)
+            chosen.append((_fit(_link_name(rec)), _link_name(rec), rec["id"], stores[0]))
+    # names are counted as shown (cut to NAME_MAX), so two long names that
+    # differ only past the cut both get their id
+    counts = collections.Counter(shown for shown, _, _, _ in chosen)
     targets = {}
-    for name, image_id, store_id in chosen:
-        if counts[name] > 1 and name != image_id:
-            name = _fit(name, "." + image_id)
-        else:
-            name = _fit(name)
-        targets[name] = "../%s/%s" % (store_id, image_id)
+    for shown, name, image_id, store_id in chosen:
+        if counts[shown] > 1 and name != image_id:
+            shown = _fit(name, "." + image_id)
+        targets[shown] = "../%s/%s" % (store_id, image_id)
     return targets
 
 
@@ -109,6 +109,7 @@ class CatalogView:
         self.run = run                 # async: run a blocking call in a worker thread
         self.protect = protect
         self._targets = {}             # by-name/'s last answer, kept while Glance is down
+        self._linked = None            # the listing _targets were made from
         self.verdicts = {}             # (store, id, size, version) → match / mismatch
 
     async def links(self, mounted):
@@ -117,7 +118,9 @@ class CatalogView:
             records = await self.run(self.catalog.images)
         except catalog_mod.CatalogUnavailable:
             return self._targets
-        self._targets = link_targets(records, mounted)
+        if records is not self._linked:    # a new listing: worked out once
+            self._targets = link_targets(records, mounted)
+            self._linked = records
         return self._targets
 
     async def record(self, store_id, image_id, fresh=False):
@@ -135,6 +138,13 @@ class CatalogView:
         if not self.protect:
             return False
         rec = await self._ask(image_id, "unlink", path, store_id)
+        if rec is not None and self._being_written(rec, store_id):
+            raise errors.refuse(errno.EBUSY, "unlink", path,
+                                "Glance is writing its image %s (%r) (status %s, importing to "
+                                "%s); nothing was deleted: try again when it is done" % (
+                                    image_id, rec.get("name"), rec.get("status"),
+                                    rec.get("os_glance_importing_to_stores") or "-"),
+                                store_id)
         if rec is None or store_id not in catalog_mod.stores_of(rec):
             return False               # Glance does not use this copy
         try:
@@ -194,7 +204,8 @@ class CatalogView:
             LOG.info("%s: a full read matches Glance's checksums", image.path)
 
     # -- mv between stores ----------------------------------------------------------------
-    async def move(self, src, dst, image_id, new, path):
+    async def move(self, src, dst, image_id, new, path, busy=None):
+        """``busy``: why the image cannot move now (open, being written), or None."""
         if not self.protect:
             return False
         rec = await self._ask(image_id, "rename", path, src.store_id)
@@ -210,23 +221,38 @@ class CatalogView:
         if new != image_id:
             raise refuse(errno.EBUSY, "Glance keeps an image under its id in every store; "
                          "move it as %s/%s (mv %s %s/)" % (to, image_id, path, to))
-        if rec.get("status") != "active":
-            raise refuse(errno.EBUSY, "its status is %s; Glance copies only active images"
-                         % rec.get("status"))
+        if busy:
+            raise refuse(errno.EBUSY, "%s; nothing was moved" % busy)
+        if rec.get("status") != "active" or self._being_written(rec, to):
+            raise refuse(errno.EBUSY, "its status is %s (importing to %s); Glance copies "
+                         "only active images, one copy at a time" % (
+                             rec.get("status"),
+                             rec.get("os_glance_importing_to_stores") or "-"))
+        if not (rec.get("checksum") or rec.get("os_hash_value")):
+            raise refuse(errno.EBUSY, "Glance's record has no checksum to verify a copy "
+                         "against, so the copy in %s is kept; copy it with Glance "
+                         "(copy-image) and check it yourself" % src.store_id)
+        try:
+            hashing.validate_algo(rec.get("os_hash_algo") or "sha512")
+        except exceptions.UnknownHashingAlgo:
+            raise refuse(errno.EBUSY, "its os_hash_algo %r is not known here, so a copy "
+                         "cannot be verified" % rec.get("os_hash_algo")) from None
         copied = False
         if to not in catalog_mod.stores_of(rec):
             if await self._exists(dst, image_id):
                 raise refuse(errno.EEXIST, "%s/%s exists and Glance does not list it; "
                              "remove it (or check it with gsfs audit) first" % (to, image_id))
-            rec = await self._copy(image_id, name, to, path, src.store_id)
+            rec = await self._copy(rec, to, path, src.store_id)
             copied = True
-        found = await self.run(differences, dst.store, image_id, rec)
+        try:
+            found = await self.run(differences, dst.store, image_id, rec)
+        except Exception as e:  # noqa: BLE001 - any failure of the read keeps the source
+            found = [("read", "the whole image", "%s: %s" % (type(e).__name__, e))]
         if found:
-            undo = ""
-            if copied:
-                undo = await self._delete(to, image_id)
-            raise refuse(errno.EIO, "the copy in %s differs from Glance's record (%s); the "
-                         "copy in %s was kept%s" % (to, _said(found), src.store_id, undo))
+            undo = await self._delete(to, image_id) if copied else ""
+            raise refuse(errno.EIO, "the copy in %s does not verify against Glance's record "
+                         "(%s); the copy in %s was kept%s" % (to, _said(found), src.store_id,
+                                                               undo))
         try:
             await self.run(self.catalog.delete_from_store, src.store_id, image_id)
         except (catalog_mod.CatalogUnavailable, catalog_mod.CatalogRefused) as e:
@@ -237,6 +263,13 @@ class CatalogView:
                  "verified in full, then deleted from %s", path, to, image_id, name,
                  src.store_id)
         return True
+
+    @staticmethod
+    def _being_written(rec, store_id):
+        """Is Glance writing this image (an upload, an import, a copy into the store)?"""
+        importing = catalog_mod.listed(rec.get("os_glance_importing_to_stores"))
+        return rec.get("status") in ("saving", "importing", "uploading") or \
+            store_id in importing
 
     async def _ask(self, image_id, op, path, store_id):
         try:
@@ -256,8 +289,10 @@ class CatalogView:
             return False
         return True
 
-    async def _copy(self, image_id, name, to, path, store_id):
+    async def _copy(self, rec, to, path, store_id):
         """Glance's copy-image into ``to``; the record once it lists ``to``."""
+        image_id, name = rec["id"], rec.get("name")
+        failed_before = to in catalog_mod.listed(rec.get("os_glance_failed_import"))
         try:
             await self.run(self.catalog.copy_image, image_id, to)
         except catalog_mod.CatalogUnavailable as e:
@@ -280,26 +315,30 @@ class CatalogView:
         while True:
             await trio.sleep(wait)
             wait = min(wait * 2, POLL_MAX)
-            try:
-                rec = await self.run(self.catalog.image, image_id)
-            except catalog_mod.CatalogUnavailable:
-                rec = None             # asked again; the deadline still holds
             elapsed = time.monotonic() - started
-            state = catalog_mod.copy_state(rec, to) if rec else catalog_mod.COPYING
+            try:
+                now = await self.run(self.catalog.image, image_id)
+                state = catalog_mod.copy_state(now, to) if now else None
+            except catalog_mod.CatalogUnavailable:
+                state = catalog_mod.COPYING    # asked again; the deadline still holds
             if state == catalog_mod.COPIED:
-                return rec
-            if rec is None and elapsed > self.catalog.copy_timeout:
-                state = catalog_mod.COPY_FAILED
+                return now
+            if state == catalog_mod.COPY_FAILED and failed_before and elapsed < START_GRACE:
+                state = catalog_mod.COPY_UNKNOWN   # an earlier failure, not cleared yet
             if state == catalog_mod.COPY_UNKNOWN and elapsed > START_GRACE:
                 state = catalog_mod.COPY_FAILED
-            if state == catalog_mod.COPY_FAILED or elapsed > self.catalog.copy_timeout:
-                why = ("did not finish in %.0f s (catalog_copy_timeout)" % elapsed
-                       if state != catalog_mod.COPY_FAILED else "failed (see Glance's log: "
-                       "os_glance_failed_import lists the store)")
-                raise errors.refuse(errno.EIO, "rename", path,
-                                    "Glance's copy of image %s (%r) to store %s %s; the copy "
-                                    "in %s was kept" % (image_id, name, to, why, store_id),
-                                    store_id)
+            if state is None:
+                why = "ended: the image was deleted from Glance meanwhile"
+            elif state == catalog_mod.COPY_FAILED:
+                why = ("failed (see Glance's log: os_glance_failed_import lists the store)")
+            elif elapsed > self.catalog.copy_timeout:
+                why = "did not finish in %.0f s (catalog_copy_timeout)" % elapsed
+            else:
+                continue
+            raise errors.refuse(errno.EIO, "rename", path,
+                                "Glance's copy of image %s (%r) to store %s %s; the copy "
+                                "in %s was kept" % (image_id, name, to, why, store_id),
+                                store_id)
 
     async def _delete(self, store_id, image_id):
         try:
@@ -308,20 +347,24 @@ class CatalogView:
             return "; deleting the bad copy in %s failed too (%s)" % (store_id, e)
         return "; the bad copy in %s was deleted through Glance" % store_id
 
-    async def check_rename(self, store_id, image_id, path):
+    async def check_rename(self, store_id, image_id, path, target=None):
+        """A rename in one store of ``image_id`` (over ``target``, when it
+        replaces one): refused for an image Glance uses here (asked now)."""
         if not self.protect:
             return
-        state, rec = await self.record(store_id, image_id, fresh=True)
-        if state == UNAVAILABLE:
-            raise errors.refuse(errno.EAGAIN, "rename", path,
-                                "Glance's catalog cannot be asked whether it uses this image; "
-                                "nothing was renamed", store_id)
-        if state == LISTED:
-            raise errors.refuse(errno.EBUSY, "rename", path,
-                                "Glance's image %s (%r) is at this name: renaming it would "
-                                "leave Glance's location pointing at nothing" % (
-                                    image_id, rec.get("name")), store_id)
-
+        for name, what in ((image_id, "renaming it would leave Glance's location "
+                            "pointing at nothing"),
+                           (target, "replacing it would change the data under Glance's "
+                            "checksums")):
+            if name is None:
+                continue
+            rec = await self._ask(name, "rename", path, store_id)
+            if rec is not None and (store_id in catalog_mod.stores_of(rec) or
+                                    self._being_written(rec, store_id)):
+                raise errors.refuse(errno.EBUSY, "rename", path,
+                                    "Glance's image %s (%r) is at %s/%s: %s" % (
+                                        name, rec.get("name"), store_id, name, what),
+                                    store_id)
 
 def differences(store, image_id, record):
     """Read an image in full from ``store`` (blocking) and compare it with the

@@ -289,6 +289,11 @@ def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=Non
         ops.namespace.enable_by_name()
         LOG.info("Glance's catalog: %s (catalog_protect %s)", glance.describe(),
                  "on" if settings.catalog_protect else "off")
+        if settings.catalog_protect and glance.admin() is False:
+            LOG.warning("[gsfs_catalog]'s user has no admin role: Glance hides other projects' "
+                        "private images from it, so rm and mv of those images are plain "
+                        "store operations that Glance's records do not follow. Give the user "
+                        "the admin role (as Glance's own service user has)")
     clean_leftovers(ops)
     if not os.path.isdir(mountpoint):
         raise SystemExit("gsfs: mountpoint %s is not a directory" % mountpoint)

@@ -507,27 +507,37 @@ class Operations(pyfuse3.Operations):
         src_dir = self._store_dir(parent_inode_old, "rename", old)
         dst_dir = self._store_dir(parent_inode_new, "rename", new)
         path = "%s/%s" % (src_dir.store_id, old)
+        if flags & getattr(pyfuse3, "RENAME_EXCHANGE", 2):
+            raise errors.refuse(errno.EINVAL, "rename", path, "RENAME_EXCHANGE is not supported")
         if src_dir is not dst_dir and self.catalog is not None:
             self._writable_dir(src_dir, "rename", path)
             self._writable_dir(dst_dir, "rename", path)
-            if await self.catalog.move(src_dir, dst_dir, old, new, path):
+            if flags & getattr(pyfuse3, "RENAME_NOREPLACE", 1) and \
+                    await self.namespace.lookup(dst_dir, new) is not None:
+                raise errors.refuse(errno.EEXIST, "rename", path, "%s/%s exists"
+                                    % (dst_dir.store_id, new), src_dir.store_id)
+            image = src_dir.entries.get(old)
+            busy = None
+            if image is not None and (image.open_count or image.session is not None):
+                busy = "it is open or being written through this mount"
+            if await self.catalog.move(src_dir, dst_dir, old, new, path, busy=busy):
                 self._move_node(src_dir, dst_dir, old)
                 return
         if src_dir is not dst_dir:
             raise errors.refuse(errno.EXDEV, "rename", path,
                                 "between stores an image is copied, not renamed (mv does "
                                 "this by itself)", src_dir.store_id, level=logging.INFO)
-        if flags & getattr(pyfuse3, "RENAME_EXCHANGE", 2):
-            raise errors.refuse(errno.EINVAL, "rename", path, "RENAME_EXCHANGE is not supported")
         d = src_dir
         self._writable_dir(d, "rename", path)
         self._validate_name(d, new, "rename")
-        if self.catalog is not None:
-            await self.catalog.check_rename(d.store_id, old, path)
         image = await self.namespace.lookup(d, old)
         if image is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         target = await self.namespace.lookup(d, new)
+        if self.catalog is not None:
+            # a file being written is not Glance's yet; the image it would replace may be
+            await self.catalog.check_rename(d.store_id, old if image.committed else None, path,
+                                            target=new if target is not None else None)
         replace = False
         if target is not None:
             if target is image:

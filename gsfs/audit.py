@@ -165,7 +165,7 @@ def ask_again(catalog, image_id):
 # -- one store ---------------------------------------------------------------------------------
 def _importing(rec):
     """The stores Glance's import (copy-image) is writing the image into now."""
-    return [s for s in (rec.get("os_glance_importing_to_stores") or "").split(",") if s]
+    return catalog_mod.listed(rec.get("os_glance_importing_to_stores"))
 
 
 def scan(store_path):

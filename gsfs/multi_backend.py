@@ -39,10 +39,13 @@ def _load_driver_class(store_type):
         return None
 
 
-def _list_driver_opts():
-    """Store type → its options, for the types gsfs has drivers for."""
+def _list_driver_opts(types=None):
+    """Store type → its options, for the types gsfs has drivers for (only
+    ``types``, when given: a driver is imported only when a store uses it, so
+    a mount of file stores does not import boto3, librados or swiftclient)."""
     opts = {}
-    for name in sorted(_driver_classes()):
+    names = _driver_classes()
+    for name in sorted(names if types is None else set(types) & set(names)):
         cls = _load_driver_class(name)
         if cls is not None and cls.OPTIONS is not None and name == cls.STORE_TYPE:
             opts[name] = list(cls.OPTIONS)
@@ -93,7 +96,7 @@ def register_store_opts(conf, reserved_stores=None):
         for store_id in reserved_stores:
             config.register_opts_ignoring_duplicates(
                 conf, config.reserved_file_opts(store_id), store_id)
-    driver_opts = _list_driver_opts()
+    driver_opts = _list_driver_opts(enabled.values())
     missing = []
     for store_id, store_type in enabled.items():
         opts = driver_opts.get(store_type)

@@ -6,11 +6,13 @@ Load with ``pytest_plugins = ["tests.servers.fixtures"]`` (tests/conftest.py doe
   of the session, on failure and on interruption (SIGTERM is turned into KeyboardInterrupt
   while it runs so pytest tears it down; an atexit hook and a watchdog in ceph.sh remain as
   last resorts). Missing Ceph programs FAIL the tests (never skip): run ``make setup``.
-- ``swift_container`` (function): a fresh container on radosgw's Swift API; emptied and
-  removed afterwards. ``swift_config_file``: a glance-swift.conf for it (reference ref1).
+- ``swift_container`` (function): a fresh container on radosgw's Swift API; emptied
+  afterwards (and left, as for s3_bucket). ``swift_config_file``: a glance-swift.conf
+  for it (reference ref1).
 - ``s3_bucket`` (function): the name of a fresh, uniquely named bucket on radosgw; emptied
-  (objects, versions, pending multipart uploads) and deleted afterwards. Use
-  ``ceph.s3_client()`` for a client.
+  (objects, versions, pending multipart uploads) afterwards, and left empty: deleting it
+  costs time (20 s once radosgw was restarted) and the cluster goes at the session's end.
+  Use ``ceph.s3_client()`` for a client.
 """
 
 from __future__ import annotations
@@ -63,13 +65,13 @@ def s3_bucket(ceph):
     finally:
         if not ceph.rgw_running:  # a test stopped radosgw and did not bring it back
             ceph.start_rgw()
-        purge_bucket(ceph.s3_client(), name)
+        purge_bucket(ceph.s3_client(), name, delete=False)
 
 
 @pytest.fixture
 def swift_container(ceph):
     """A fresh container on radosgw's Swift API (the same namespace as S3
-    buckets: it is emptied and removed through S3 afterwards)."""
+    buckets: it is emptied through S3 afterwards)."""
     name = "gsfs-swift-%s" % uuid.uuid4().hex[:20]
     ceph.swift_connection().put_container(name)
     try:
@@ -77,7 +79,7 @@ def swift_container(ceph):
     finally:
         if not ceph.rgw_running:
             ceph.start_rgw()
-        purge_bucket(ceph.s3_client(), name)
+        purge_bucket(ceph.s3_client(), name, delete=False)
 
 
 @pytest.fixture

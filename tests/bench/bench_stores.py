@@ -60,6 +60,7 @@ decides a test.
 
 import argparse
 import concurrent.futures
+import glob
 import hashlib
 import os
 import shutil
@@ -91,10 +92,27 @@ def run(*cmd):
     subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
 
 
-def drop_caches():
+OSD_CACHE_DROPPED = []     # the admin socket's answer, reported once
+
+
+def drop_caches(ceph=None):
+    """The page cache, and the OSD's own BlueStore cache (``cache drop`` on its
+    admin socket): without it the reference that wrote last (``rbd import``,
+    boto3) reads its image back from the OSD's memory and gsfs's from disk."""
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+    if ceph is None:
+        return
+    sockets = glob.glob(os.path.join(ceph.dir, "run", "*osd*.asok"))
+    for sock in sockets:
+        r = subprocess.run(["ceph", "--admin-daemon", sock, "cache", "drop"],
+                           capture_output=True, text=True)
+        if not OSD_CACHE_DROPPED:
+            OSD_CACHE_DROPPED.append(r.returncode == 0)
+            print("OSD cache drop through %s: %s" % (
+                sock, "done" if r.returncode == 0 else "not available (%s)"
+                % (r.stderr.strip() or r.stdout.strip())), file=sys.stderr)
 
 
 def timed(func, *args):
@@ -408,16 +426,16 @@ def main(argv=None):
                 record("s3 in rclone", timed(run, "cp", src, os.path.join(
                     rclone.mountpoint, BUCKET, "r%d" % r)))
                 check_size("r%d" % r)
-            drop_caches()
+            drop_caches(ceph)
             record("s3 out gsfs", timed(run, "cp", mount.path("s3", "g%d" % r), out))
-            drop_caches()
+            drop_caches(ceph)
             record("s3 out boto3", timed(s3.download_file, BUCKET, "b%d" % r, out,
                                          None, None, transfer))
-            drop_caches()
+            drop_caches(ceph)
             # an image gsfs did not write: its checksums are computed while it is read
             record("s3 out gsfs+hash", timed(run, "cp", mount.path("s3", "b%d" % r), out))
             if s3fs:
-                drop_caches()
+                drop_caches(ceph)
                 record("s3 out s3fs", timed(run, "cp", os.path.join(s3fs.mountpoint,
                                                                     "s%d" % r), out))
                 if os.path.getsize(out) != size:
@@ -430,9 +448,9 @@ def main(argv=None):
             record("rbd in gsfs", timed(run, "cp", src, mount.path("rbd", "g%d" % r)))
             record("rbd in import", timed(run, *rbd, "import", src,
                                           "%s/bench-b%d" % (ceph.pool, r)))
-            drop_caches()
+            drop_caches(ceph)
             record("rbd out gsfs", timed(run, "cp", mount.path("rbd", "g%d" % r), out))
-            drop_caches()
+            drop_caches(ceph)
             record("rbd out export", timed(run, *rbd, "export", "%s/bench-b%d" % (ceph.pool, r),
                                            out + ".rbd"))
             # not timed: remove what this round wrote, so the OSD never fills up

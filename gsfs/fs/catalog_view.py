@@ -194,7 +194,10 @@ class CatalogView:
         if state != LISTED or not (rec.get("checksum") or rec.get("os_hash_value")):
             return
         found = compare(rec, size, checksum, algo, hash_value)
-        self.verdicts[self._verdict_key(image)] = MISMATCH if found else MATCH
+        key, verdict = self._verdict_key(image), MISMATCH if found else MATCH
+        if self.verdicts.get(key) == verdict:
+            return                     # two reads ended at once: said once
+        self.verdicts[key] = verdict
         if found:
             LOG.warning("%s differs from Glance's record of image %s (%r): %s. The data in "
                         "the store is not what Glance recorded: run gsfs audit --verify, and "

@@ -66,7 +66,6 @@ from gsfs.status_view import duration, size
 
 CHUNK = 8 * 1024 * 1024
 RESERVED_PREFIX = "os_glance_"
-IN_PROGRESS = ("saving", "importing", "uploading")
 REFRESH = 0.2           # seconds between redraws of the progress line
 CLEAR_EOL = "\x1b[K"
 
@@ -163,11 +162,6 @@ def ask_again(catalog, image_id):
 
 
 # -- one store ---------------------------------------------------------------------------------
-def _importing(rec):
-    """The stores Glance's import (copy-image) is writing the image into now."""
-    return catalog_mod.listed(rec.get("os_glance_importing_to_stores"))
-
-
 def scan(store_path):
     """({name: (size, mtime)} of the files in a store directory of the mount,
     {name: error} of its entries that cannot be stat'ed)."""
@@ -238,10 +232,10 @@ class Audit:
                 continue
             if "%s/%s" % (store, name) in self.writing:
                 self.skip(store, name, None, "being written through the mount")
-            elif rec is not None and rec.get("status") in IN_PROGRESS:
+            elif rec is not None and rec.get("status") in catalog_mod.WRITING:
                 self.skip(store, name, rec.get("name"),
                           "Glance is still uploading it (status %s)" % rec["status"])
-            elif rec is not None and store in _importing(rec):
+            elif rec is not None and catalog_mod.being_written(rec, store):
                 self.skip(store, name, rec.get("name"), "Glance is copying it into this store")
             else:
                 result["orphans"].append({"id": name, "size": fsize,

@@ -138,7 +138,7 @@ class Catalog:
         self.available = None          # unknown until the first call
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()   # one listing at a time
-        self._listed = None            # (time.monotonic(), [record, ...])
+        self._listed = None            # (time.monotonic(), [record, ...], {id: record})
 
     def describe(self):
         try:
@@ -207,7 +207,7 @@ class Catalog:
                 return listed[1]           # listed by another caller meanwhile
             records = self._list(hidden=False) + self._list(hidden=True)
             with self._lock:
-                self._listed = (time.monotonic(), records)
+                self._listed = (time.monotonic(), records, {r["id"]: r for r in records})
         return records
 
     def _list(self, hidden):
@@ -237,10 +237,16 @@ class Catalog:
             listed = self._listed
         if listed is None:
             return None
-        return next((r for r in listed[1] if r.get("id") == image_id), False)
+        return listed[2].get(image_id, False)
 
     def by_id(self, fresh=False):
-        return {r["id"]: r for r in self.images(fresh=fresh)}
+        """The listing as {id: record} (made once per listing)."""
+        records = self.images(fresh=fresh)
+        with self._lock:
+            listed = self._listed
+        if listed is not None and listed[1] is records:
+            return listed[2]
+        return {r["id"]: r for r in records}
 
     def image(self, image_id):
         """One record, asked of Glance now; None if it has none."""
@@ -290,6 +296,15 @@ def copy_state(record, store_id):
     if store_id in listed(record.get("os_glance_failed_import")):
         return COPY_FAILED
     return COPY_UNKNOWN    # neither: not started yet, or the task ended without it
+
+
+WRITING = ("saving", "importing", "uploading")   # statuses of an image Glance is writing
+
+
+def being_written(record, store_id):
+    """Is Glance writing this image (an upload or import, or a copy into the store)?"""
+    return record.get("status") in WRITING or \
+        store_id in listed(record.get("os_glance_importing_to_stores"))
 
 
 def listed(text):

@@ -138,7 +138,7 @@ class CatalogView:
         if not self.protect:
             return False
         rec = await self._ask(image_id, "unlink", path, store_id)
-        if rec is not None and self._being_written(rec, store_id):
+        if rec is not None and catalog_mod.being_written(rec, store_id):
             raise errors.refuse(errno.EBUSY, "unlink", path,
                                 "Glance is writing its image %s (%r) (status %s, importing to "
                                 "%s); nothing was deleted: try again when it is done" % (
@@ -171,7 +171,7 @@ class CatalogView:
         state, rec = await self.record(image.store_dir.store_id, image.name)
         if state != LISTED:
             return state
-        if not (rec.get("checksum") or rec.get("os_hash_value")):
+        if not _has_checksums(rec):
             return NO_CHECKSUM
         key = self._verdict_key(image)
         return self.verdicts.get(key, NOT_READ)
@@ -191,7 +191,7 @@ class CatalogView:
     async def judge(self, image, size, checksum, algo, hash_value):
         """Compare a full read's checksums with the record; remember and log."""
         state, rec = await self.record(image.store_dir.store_id, image.name)
-        if state != LISTED or not (rec.get("checksum") or rec.get("os_hash_value")):
+        if state != LISTED or not _has_checksums(rec):
             return
         found = compare(rec, size, checksum, algo, hash_value)
         key, verdict = self._verdict_key(image), MISMATCH if found else MATCH
@@ -226,12 +226,12 @@ class CatalogView:
                          "move it as %s/%s (mv %s %s/)" % (to, image_id, path, to))
         if busy:
             raise refuse(errno.EBUSY, "%s; nothing was moved" % busy)
-        if rec.get("status") != "active" or self._being_written(rec, to):
+        if rec.get("status") != "active" or catalog_mod.being_written(rec, to):
             raise refuse(errno.EBUSY, "its status is %s (importing to %s); Glance copies "
                          "only active images, one copy at a time" % (
                              rec.get("status"),
                              rec.get("os_glance_importing_to_stores") or "-"))
-        if not (rec.get("checksum") or rec.get("os_hash_value")):
+        if not _has_checksums(rec):
             raise refuse(errno.EBUSY, "Glance's record has no checksum to verify a copy "
                          "against, so the copy in %s is kept; copy it with Glance "
                          "(copy-image) and check it yourself" % src.store_id)
@@ -266,13 +266,6 @@ class CatalogView:
                  "verified in full, then deleted from %s", path, to, image_id, name,
                  src.store_id)
         return True
-
-    @staticmethod
-    def _being_written(rec, store_id):
-        """Is Glance writing this image (an upload, an import, a copy into the store)?"""
-        importing = catalog_mod.listed(rec.get("os_glance_importing_to_stores"))
-        return rec.get("status") in ("saving", "importing", "uploading") or \
-            store_id in importing
 
     async def _ask(self, image_id, op, path, store_id):
         try:
@@ -363,7 +356,7 @@ class CatalogView:
                 continue
             rec = await self._ask(name, "rename", path, store_id)
             if rec is not None and (store_id in catalog_mod.stores_of(rec) or
-                                    self._being_written(rec, store_id)):
+                                    catalog_mod.being_written(rec, store_id)):
                 raise errors.refuse(errno.EBUSY, "rename", path,
                                     "Glance's image %s (%r) is at %s/%s: %s" % (
                                         name, rec.get("name"), store_id, name, what),
@@ -387,6 +380,10 @@ def compare(record, size, checksum, algo, hash_value):
             record.get("os_hash_algo") == algo and record["os_hash_value"] != hash_value:
         found.append(("os_hash_value", record["os_hash_value"], hash_value))
     return found
+
+
+def _has_checksums(record):
+    return bool(record.get("checksum") or record.get("os_hash_value"))
 
 
 def _said(found):

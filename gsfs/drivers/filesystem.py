@@ -450,6 +450,7 @@ class Store(driver.Store):
                 # a source that hands out large buffers (gsfs's upload queue) is
                 # read in those: fewer, larger writes and hash hand-offs
                 size = max(self.WRITE_CHUNKSIZE, getattr(image_file, "preferred_read_size", 0))
+                writeback = _Writeback(f)
                 for chunk in driver.chunkreadable(image_file, size):
                     sizes.add(len(chunk))
                     hasher.update(chunk)
@@ -458,6 +459,7 @@ class Store(driver.Store):
                         f.seek(0, os.SEEK_END)
                     else:
                         f.write(chunk)
+                    writeback.written(hasher.size)
                 sizes.finish()
                 self._set_write_id(f.fileno(), datadir)
                 f.flush()
@@ -690,6 +692,38 @@ class Store(driver.Store):
                 removed.append("file store %s: removed unfinished upload %s"
                                % (self.backend_group, path))
         return removed
+
+
+class _Writeback:
+    """Starts the writeback of an image file while it is being written.
+
+    Without it the fsync before publishing writes the whole image to disk
+    after its last byte arrived (0.5 s per GiB here, with the copy waiting).
+    Every WINDOW bytes, ``posix_fadvise(POSIX_FADV_DONTNEED)`` over what was
+    written since the last call starts the kernel's writeback of that range
+    without waiting for it, and drops the pages of it that are already on
+    disk, so a large copy-in neither ends in a long fsync nor fills the
+    page cache with an image nobody is reading. Filesystems that do not
+    support it are written as before (the first refusal ends the hints)."""
+
+    WINDOW = 16 * 1024 * 1024
+
+    def __init__(self, f):
+        self.f = f
+        self.started = 0          # bytes whose writeback was started
+        self.enabled = hasattr(os, "posix_fadvise")
+
+    def written(self, size):
+        if not self.enabled or size - self.started < self.WINDOW:
+            return
+        self.f.flush()
+        try:
+            # the window before the one just written is on disk by now: drop it too
+            start = max(0, self.started - self.WINDOW)
+            os.posix_fadvise(self.f.fileno(), start, size - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            self.enabled = False
+        self.started = size
 
 
 def _unlink_quietly(path):

@@ -25,7 +25,13 @@ every step once; the table shows the median of ``--rounds`` rounds):
   rbd in   gsfs cp in  | ``rbd import``
   rbd out  gsfs cp out | ``rbd export`` (cold)
 
-and prints the ratios (> 1: gsfs is faster), the absolute listing times (the
+Within a round, the steps of one comparison (s3 in, s3 out, 4 par, rbd in,
+rbd out) run in one order in even rounds and in the reverse order in odd
+ones, and every step waits (untimed) for ``sync`` and for the OSD and
+radosgw to go idle first: a step that came right after a write otherwise
+paid for the servers' work behind it, and gsfs always came first.
+
+It prints the ratios (> 1: gsfs is faster), the absolute listing times (the
 goals, for 10,000 images: file store <= 0.5 s, s3 store <= 0.7 s), the
 daemon's peak RSS, and then (``--parallel N``) N 256 MiB copies into s3 at
 once on a fresh daemon: their time, the peak RSS and the RSS after.
@@ -113,6 +119,39 @@ def drop_caches(ceph=None):
             print("OSD cache drop through %s: %s" % (
                 sock, "done" if r.returncode == 0 else "not available (%s)"
                 % (r.stderr.strip() or r.stdout.strip())), file=sys.stderr)
+
+
+SETTLE_CPU = 0.05      # CPU-s per 0.5 s (10% of a core) under which Ceph counts as idle
+SETTLE_MAX = 20        # seconds to wait for it at most
+
+
+def _cpu_seconds(pids):
+    total = 0.0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def settle(ceph, warnings):
+    """Wait (untimed) until the local files are written back and the OSD and
+    radosgw are done with what the last step left them (BlueStore's deferred
+    writes and RocksDB compaction can go on for seconds after a write)."""
+    subprocess.run(["sync"], check=True)
+    pids = list(ceph.pids().values())
+    deadline = time.monotonic() + SETTLE_MAX
+    before = _cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_seconds(pids)
+        if now - before < SETTLE_CPU:
+            return
+        before = now
+    warnings.append("Ceph was still busy %d s after a step" % SETTLE_MAX)
 
 
 def timed(func, *args):
@@ -414,45 +453,54 @@ def main(argv=None):
                 record(name, timed(run, "ls", "-l", path))
             record("hash-1", timed(hash_one_thread, src))
             record("hash-2", timed(hash_two_threads, src))
-            record("file in", timed(run, "cp", src, mount.path("file", "f%d" % r)))
-            record("s3 in gsfs", timed(run, "cp", src, mount.path("s3", "g%d" % r)))
-            record("s3 in boto3", timed(s3.upload_file, src, BUCKET, "b%d" % r,
-                                        None, None, transfer))
-            if s3fs:
-                record("s3 in s3fs", timed(run, "cp", src,
-                                           os.path.join(s3fs.mountpoint, "s%d" % r)))
-                check_size("s%d" % r)
-            if rclone:
-                record("s3 in rclone", timed(run, "cp", src, os.path.join(
-                    rclone.mountpoint, BUCKET, "r%d" % r)))
-                check_size("r%d" % r)
-            drop_caches(ceph)
-            record("s3 out gsfs", timed(run, "cp", mount.path("s3", "g%d" % r), out))
-            drop_caches(ceph)
-            record("s3 out boto3", timed(s3.download_file, BUCKET, "b%d" % r, out,
-                                         None, None, transfer))
-            drop_caches(ceph)
-            # an image gsfs did not write: its checksums are computed while it is read
-            record("s3 out gsfs+hash", timed(run, "cp", mount.path("s3", "b%d" % r), out))
-            if s3fs:
-                drop_caches(ceph)
-                record("s3 out s3fs", timed(run, "cp", os.path.join(s3fs.mountpoint,
-                                                                    "s%d" % r), out))
+            cold = ("cold", ceph)
+
+            def s3fs_out(r=r):
+                run("cp", os.path.join(s3fs.mountpoint, "s%d" % r), out)
                 if os.path.getsize(out) != size:
                     warnings.append("s3fs copied out %d bytes, not %d"
                                     % (os.path.getsize(out), size))
-            record("4 par s3 in gsfs", timed(cp_all, [
-                (s, mount.path("s3", "p%d-%d" % (r, i))) for i, s in enumerate(par_srcs)]))
-            record("4 par s3 in boto3", timed(upload_all, s3, BUCKET, [
-                (s, "q%d-%d" % (r, i)) for i, s in enumerate(par_srcs)], transfer))
-            record("rbd in gsfs", timed(run, "cp", src, mount.path("rbd", "g%d" % r)))
-            record("rbd in import", timed(run, *rbd, "import", src,
-                                          "%s/bench-b%d" % (ceph.pool, r)))
-            drop_caches(ceph)
-            record("rbd out gsfs", timed(run, "cp", mount.path("rbd", "g%d" % r), out))
-            drop_caches(ceph)
-            record("rbd out export", timed(run, *rbd, "export", "%s/bench-b%d" % (ceph.pool, r),
-                                           out + ".rbd"))
+
+            # Each group's steps run in one order in even rounds and in the
+            # other in odd ones, each after the servers settled: whoever
+            # comes right after a write step otherwise pays for the OSD's
+            # and radosgw's work behind it (gsfs always came first before).
+            groups = [
+                [("file in", None, run, "cp", src, mount.path("file", "f%d" % r))],
+                [("s3 in gsfs", None, run, "cp", src, mount.path("s3", "g%d" % r)),
+                 ("s3 in boto3", None, s3.upload_file, src, BUCKET, "b%d" % r,
+                  None, None, transfer)]
+                + ([("s3 in s3fs", None, run, "cp", src,
+                     os.path.join(s3fs.mountpoint, "s%d" % r))] if s3fs else [])
+                + ([("s3 in rclone", None, run, "cp", src,
+                     os.path.join(rclone.mountpoint, BUCKET, "r%d" % r))] if rclone else []),
+                [("s3 out gsfs", cold, run, "cp", mount.path("s3", "g%d" % r), out),
+                 ("s3 out boto3", cold, s3.download_file, BUCKET, "b%d" % r, out,
+                  None, None, transfer),
+                 # an image gsfs did not write: its checksums are computed while it is read
+                 ("s3 out gsfs+hash", cold, run, "cp", mount.path("s3", "b%d" % r), out)]
+                + ([("s3 out s3fs", cold, s3fs_out)] if s3fs else []),
+                [("4 par s3 in gsfs", None, cp_all, [
+                    (s, mount.path("s3", "p%d-%d" % (r, i))) for i, s in enumerate(par_srcs)]),
+                 ("4 par s3 in boto3", None, upload_all, s3, BUCKET, [
+                     (s, "q%d-%d" % (r, i)) for i, s in enumerate(par_srcs)], transfer)],
+                [("rbd in gsfs", None, run, "cp", src, mount.path("rbd", "g%d" % r)),
+                 ("rbd in import", None, run, *rbd, "import", src,
+                  "%s/bench-b%d" % (ceph.pool, r))],
+                [("rbd out gsfs", cold, run, "cp", mount.path("rbd", "g%d" % r), out),
+                 ("rbd out export", cold, run, *rbd, "export",
+                  "%s/bench-b%d" % (ceph.pool, r), out + ".rbd")],
+            ]
+            for group in groups:
+                for name, how, func, *fargs in (group if r % 2 == 0 else group[::-1]):
+                    settle(ceph, warnings)
+                    if how is cold:
+                        drop_caches(ceph)
+                    record(name, timed(func, *fargs))
+            if s3fs:
+                check_size("s%d" % r)
+            if rclone:
+                check_size("r%d" % r)
             # not timed: remove what this round wrote, so the OSD never fills up
             os.unlink(out + ".rbd")
             os.unlink(out)

@@ -90,6 +90,9 @@ THREADS = 4
 PAR_N, PAR_MIB = 4, 256          # the "4 parallel s3 in" step
 BUCKET = "gsfs-bench"            # the copies
 LS_BUCKET = "gsfs-bench-ls"      # the listings: tiny objects only
+GOALS = {"file in / hash-1": 1.2, "s3 in / boto3": 0.8, "s3 in / s3fs": 1.5,   # issue 8
+         "s3 in / rclone": 1.5, "s3 out / boto3": 1.0, "s3 out / s3fs": 1.3,
+         "rbd in / min(hash-1, import)": 0.9, "rbd out / export": 0.8}
 LS_GOALS = {"ls file gsfs": 0.5, "ls s3 gsfs": 0.7}   # seconds, for 10,000 images
 PEER_PACKAGES = {"s3fs": "s3fs", "rclone": "rclone"}  # program: Debian package
 
@@ -154,10 +157,30 @@ def settle(ceph, warnings):
     warnings.append("Ceph was still busy %d s after a step" % SETTLE_MAX)
 
 
+# Whose CPU each timed step counts (filled in by main): "gsfs" the daemon,
+# "ceph" mon + osd + radosgw, "peers" s3fs and rclone; "tools" is what this
+# process (boto3, hashlib) and its finished children (cp, rbd) used.
+CPU_PIDS = {"gsfs": [], "ceph": [], "peers": []}
+LAST_CPU = {}
+
+
+def _cpu_now():
+    t = os.times()
+    now = {k: _cpu_seconds(pids) for k, pids in CPU_PIDS.items()}
+    now["tools"] = t.user + t.system + t.children_user + t.children_system
+    return now
+
+
 def timed(func, *args):
+    """Seconds func(*args) took; the CPU-s it cost, by whom, go to LAST_CPU."""
+    before = _cpu_now()
     t0 = time.perf_counter()
     func(*args)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    after = _cpu_now()
+    LAST_CPU.clear()
+    LAST_CPU.update({k: after[k] - before[k] for k in after})
+    return seconds
 
 
 def peak_rss_mib(pid):
@@ -372,6 +395,7 @@ def main(argv=None):
     mount = None
     peers = []
     times = {}
+    cpu = {}                # step → [{who: CPU-s}] per round
     warnings = []
     try:
         ceph.start(os.path.join(work, "ceph"))
@@ -416,6 +440,9 @@ def main(argv=None):
             rclone = rclone_mount(ceph, work)
             peers.append(rclone)
             rclone.start()
+        CPU_PIDS["gsfs"] = [pid]
+        CPU_PIDS["ceph"] = list(ceph.pids().values())
+        CPU_PIDS["peers"] = [p.proc.pid for p in peers]
         listings = []                              # (step, directory)
         if args.ls_count:
             listings = [("ls file gsfs", mount.path("file")), ("ls file datadir", datadir),
@@ -433,7 +460,9 @@ def main(argv=None):
 
         def record(name, seconds):
             times.setdefault(name, []).append(seconds)
-            print("  %-22s %6.2f s" % (name, seconds), file=sys.stderr)
+            cpu.setdefault(name, []).append(dict(LAST_CPU))
+            print("  %-22s %6.2f s  CPU-s %s" % (name, seconds, " ".join(
+                "%s %.1f" % kv for kv in LAST_CPU.items())), file=sys.stderr)
 
         def check_size(key):
             got = s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
@@ -536,11 +565,11 @@ def main(argv=None):
                     print("WARNING: %s is still mounted" % m.mountpoint, file=sys.stderr)
             subprocess.run(["rm", "-rf", "--one-file-system", work])
 
-    report(args, size, times, peak, parallel, skipped, warnings)
+    report(args, size, times, cpu, peak, parallel, skipped, warnings)
     return 0
 
 
-def report(args, size, times, peak, parallel, skipped, warnings):
+def report(args, size, times, cpu, peak, parallel, skipped, warnings):
     med = {k: statistics.median(v) for k, v in times.items()}
     nbytes = {k: (PAR_N * PAR_MIB * MiB if k.startswith("4 par") else size)
               for k in med if not k.startswith("ls ")}
@@ -549,6 +578,16 @@ def report(args, size, times, peak, parallel, skipped, warnings):
     for k in med:
         rate = "%7.0f MB/s" % (nbytes[k] / med[k] / 1e6) if k in nbytes else ""
         print(("%-18s %7.2f s %s" % (k, med[k], rate)).rstrip())
+    cores = os.cpu_count() or 1
+    used = {k: statistics.median(sum(c.values()) for c in v) for k, v in cpu.items() if v}
+    print("\nCPU-s per step (median; on %d cores a step that uses C CPU-s takes at "
+          "least C/%d s)" % (cores, cores))
+    for k in med:
+        if k in used and not k.startswith("ls "):
+            parts = {w: statistics.median(c.get(w, 0) for c in cpu[k])
+                     for w in ("gsfs", "ceph", "peers", "tools")}
+            print("%-18s %6.1f  (%s)" % (k, used[k], ", ".join(
+                "%s %.1f" % (w, v) for w, v in parts.items() if v >= 0.05)))
     print("\nratios (> 1: gsfs faster)")
     pairs = [("file in / hash-1", "file in", "hash-1"),
              ("file in / hash-2", "file in", "hash-2"),
@@ -567,7 +606,17 @@ def report(args, size, times, peak, parallel, skipped, warnings):
              ("ls s3 / rclone", "ls s3 gsfs", "ls s3 rclone")]
     for label, a, b in pairs:
         if a in med and b in med:
-            print("%-30s %5.2f" % (label, med[b] / med[a]))
+            ratio = med[b] / med[a]
+            goal = GOALS.get(label)
+            verdict = ""
+            if goal is not None and ratio >= goal:
+                verdict = "  goal >= %.1f: met" % goal
+            elif goal is not None:
+                need = med[b] / goal
+                verdict = ("  goal >= %.1f: not met; it needs gsfs's step in %.2f s, whose "
+                           "%.1f CPU-s take %.2f s on %d cores"
+                           % (goal, need, used.get(a, 0), used.get(a, 0) / cores, cores))
+            print("%-30s %5.2f%s" % (label, ratio, verdict))
         else:
             why = "--ls-count 0" if a.startswith("ls ") and not args.ls_count else \
                 skipped.get(b.split()[-1], "not run")

@@ -26,7 +26,6 @@ class Budget:
     def __init__(self, limit=None):
         self.limit = limit          # bytes, or None: no limit
         self.used = 0
-        self.drawn = 0              # bytes drawn in all (the daemon trims its heap when it moved)
         self.cond = threading.Condition()
         self._waiters = []          # (trio token, trio Event) of trio-side waiters
 
@@ -40,7 +39,6 @@ class Budget:
 
     def _take(self, n):
         self.used += n
-        self.drawn += n
 
     def try_draw(self, n):
         with self.cond:

@@ -493,10 +493,14 @@ class _PartBuffers:
     process budget (gsfs/budget.py): take() blocks while the buffers in use
     plus the one asked for would exceed the upload's budget (one buffer is
     always allowed, however large), or while a new buffer does not fit in
-    the process budget and none of this upload's own can be reused. This is
+    the process budget and none of this upload's own can be reused (a new
+    buffer goes over the process budget only when no upload holds any, so
+    16 uploads at once do not hold 16 parts beyond the budget). This is
     the upload's memory bound and its backpressure; as parts grow (unknown
     sizes), fewer are in flight, so the memory stays at max(budget, one part)
     instead of growing with the image. close() gives every buffer back."""
+
+    held = 0                    # part-buffer bytes allocated by all uploads (under BUDGET.cond)
 
     def __init__(self, budget):
         self.budget = budget
@@ -520,15 +524,21 @@ class _PartBuffers:
                     dropped = sum(len(b) for b in self._free)
                     self._free.clear()
                     self._allocated -= dropped
+                    _PartBuffers.held -= dropped
                     BUDGET.give_locked(dropped)
                     released += dropped
                 drawn = BUDGET.try_draw(size)
-                if not drawn and not self._allocated and not self._in_use:
-                    BUDGET.force(size)      # holding nothing: this upload may go on
+                if not drawn and not _PartBuffers.held:
+                    # no upload holds a part buffer (the budget is in upload
+                    # queues): this one goes on, or none would. Otherwise it
+                    # waits for one that holds buffers to end: each upload
+                    # reuses its own, so one that holds any always goes on.
+                    BUDGET.force(size)
                     drawn = True
                 if drawn:
                     buf = bytearray(size)
                     self._allocated += size
+                    _PartBuffers.held += size
                     break
                 self._cond.wait()   # a part of ours, or another upload, gives back
             self._in_use += size
@@ -547,6 +557,7 @@ class _PartBuffers:
         """The upload ended: every buffer goes back to the process budget."""
         with self._cond:
             n, self._allocated = self._allocated, 0
+            _PartBuffers.held -= n
             self._free.clear()
         BUDGET.give(n)
 

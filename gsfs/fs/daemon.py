@@ -200,7 +200,7 @@ async def _serve(ops, mountpoint, ready_fd):
             nursery.start_soon(_report_ready, mountpoint, ready_fd)
             nursery.start_soon(_write_metrics, ops)
             nursery.start_soon(_late_cleanup, ops)
-            nursery.start_soon(_trim_when_idle)
+            nursery.start_soon(_trim_heap)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             # unmounted from outside, or terminate() after a signal
             await _shutdown(ops, "unmounted")
@@ -314,7 +314,8 @@ def mount(mountpoint, config_files=(), config_dir=None, options=(), ready_fd=Non
 
 
 _LIBC = None
-TRIM_INTERVAL = 2
+TRIM_INTERVAL = 1                  # seconds between looks at the heap
+TRIM_FREE = 16 * 1024 * 1024       # free heap bytes that make a trim worth it
 
 
 def _return_freed_memory():
@@ -323,13 +324,19 @@ def _return_freed_memory():
     after the first large free and keeps them in its heap. The FUSE write
     buffers (1 MiB) stay below it and are reused from the heap: a fresh
     mapping per buffer cost the daemon 0.6 CPU-s of page faults per GiB
-    copied in. What they leave in the heap is given back by
-    ``_trim_when_idle`` once no upload holds memory."""
+    copied in. What they leave free in the heap is given back by
+    ``_trim_heap``."""
     global _LIBC
     try:
         import ctypes
 
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
         libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
         libc.mallopt(-3, 4 * 1024 * 1024)   # M_MMAP_THRESHOLD, fixed: no dynamic growth
         libc.mallopt(-1, 4 * 1024 * 1024)   # M_TRIM_THRESHOLD
         _LIBC = libc
@@ -337,19 +344,26 @@ def _return_freed_memory():
         pass
 
 
-async def _trim_when_idle():
-    """Every TRIM_INTERVAL s: when uploads drew on the memory budget since the
-    last look and hold nothing now, return the heap's free pages to the OS
-    (``malloc_trim``), so the daemon's RSS falls back after a busy minute."""
+def _heap_free_bytes():
+    return _LIBC.mallinfo2().fordblks
+
+
+async def _trim_heap():
+    """Every TRIM_INTERVAL s: when the heap holds TRIM_FREE bytes or more that
+    nothing uses (buffers of uploads that ended, or of many at once), return
+    their pages to the OS (``malloc_trim``). One copy at a time reuses its
+    few free buffers and is never trimmed; 16 parallel copies are, and the
+    daemon's RSS falls back once they end (docs/memory.md)."""
     if _LIBC is None:
         return
-    seen = budget.BUDGET.drawn
+    after_trim = None
     while True:
         await trio.sleep(TRIM_INTERVAL)
-        drawn = budget.BUDGET.drawn
-        if drawn != seen and budget.BUDGET.used == 0:
-            seen = drawn
+        free = await trio.to_thread.run_sync(_heap_free_bytes)
+        # trimmed pages still count as free: trim again only when that changed
+        if free >= TRIM_FREE and free != after_trim:
             await trio.to_thread.run_sync(_LIBC.malloc_trim, 0)
+            after_trim = await trio.to_thread.run_sync(_heap_free_bytes)
 
 
 def _raise_readahead(mountpoint):

@@ -26,6 +26,7 @@ class Budget:
     def __init__(self, limit=None):
         self.limit = limit          # bytes, or None: no limit
         self.used = 0
+        self.peak = 0               # the most ever drawn at once (user.gsfs.status)
         self.cond = threading.Condition()
         self._waiters = []          # (trio token, trio Event) of trio-side waiters
 
@@ -39,6 +40,11 @@ class Budget:
 
     def _take(self, n):
         self.used += n
+        self.peak = max(self.peak, self.used)
+
+    def status(self):
+        return {"budget_bytes": self.limit, "used_bytes": self.used,
+                "peak_bytes": self.peak}
 
     def try_draw(self, n):
         with self.cond:

@@ -139,6 +139,11 @@ def render(status, tracker=None, width=100, clock=None):
     header = "gsfs at %s: pid %d, up %s, spool %s" % (
         status["mountpoint"], status["pid"], duration(status["uptime_s"]),
         size(status.get("spool_used_bytes", 0)))
+    memory = status.get("memory") or {}
+    if memory.get("budget_bytes"):
+        header += ", memory %s of %s (peak %s)" % (
+            size(memory["used_bytes"]), size(memory["budget_bytes"]),
+            size(memory["peak_bytes"]))
     if status.get("metrics_url"):
         header += ", metrics %s" % status["metrics_url"]
     if clock is not None:

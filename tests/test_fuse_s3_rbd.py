@@ -519,3 +519,29 @@ def test_s3_backend_goes_away_mid_write(ceph, s3_backend, gsfs_mount, stores_con
         time.sleep(1)
     assert s3_backend.leftovers(name) == [], (s3_backend.leftovers(name),
                                               m.log_text()[-3000:])
+
+
+def test_parallel_s3_copies_stay_within_the_memory_budget(ceph, s3_bucket, gsfs_mount,
+                                                          stores_conf, tmp_path):
+    """4 cp at once into s3 with parts of 16 MiB and -o memory_mib=32 (room for
+    two parts): each image arrives whole, and the budget never held more than
+    memory_mib + one part (taken when no upload holds any) + one write per
+    upload queue (docs/memory.md). Before, every upload that held no part
+    took one over the budget: 32 + 4 x 16 MiB."""
+    conf = stores_conf("s3", extra={"s3": {"s3_store_large_object_chunk_size": 16}})
+    m = gsfs_mount(conf, options=["memory_mib=32"])
+    sources = []
+    for i in range(4):
+        src = tmp_path / ("src%d.raw" % i)
+        src.write_bytes(os.urandom(40 * MiB + i))
+        sources.append(src)
+    procs = [subprocess.Popen(["cp", str(src), str(m.path("s3", "par%d" % i))])
+             for i, src in enumerate(sources)]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0, 0, 0]
+    for i, src in enumerate(sources):
+        want = hashlib.md5(src.read_bytes()).hexdigest()
+        assert os.getxattr(m.path("s3", "par%d" % i), "user.glance.checksum").decode() == want
+    memory = json.loads(os.getxattr(m.mountpoint, "user.gsfs.status"))["memory"]
+    assert memory["budget_bytes"] == 32 * MiB
+    assert memory["used_bytes"] == 0, memory
+    assert 16 * MiB <= memory["peak_bytes"] <= (32 + 16 + 4) * MiB, memory

@@ -46,6 +46,8 @@ def test_metrics_move_with_an_upload_and_a_failure(gsfs_mount, stores_conf, tmp_
     before = scrape(url)
     assert value(before, "gsfs_uploads_in_flight", store="file") == 0
     assert value(before, "process_resident_memory_bytes") > 0        # the process collector
+    assert value(before, "gsfs_memory_budget_bytes", kind="budget") == 96 * MiB
+    assert value(before, "gsfs_memory_budget_bytes", kind="used") == 0
 
     # an upload under way: in flight, its writes counted and timed, its bytes in
     path = m.path("file", "slow")
@@ -67,6 +69,9 @@ def test_metrics_move_with_an_upload_and_a_failure(gsfs_mount, stores_conf, tmp_
         writer.wait()
     after = scrape(url)
     assert value(after, "gsfs_uploads_in_flight", store="file") == 0
+    # the MiB written waited in the upload queue, drawn from the budget
+    assert value(after, "gsfs_memory_budget_bytes", kind="peak") >= MiB
+    assert value(after, "gsfs_memory_budget_bytes", kind="used") == 0
     assert value(after, "gsfs_uploads_total", store="file", outcome="committed") == 1
     assert value(after, "gsfs_upload_seconds_count", store="file") == 1
     assert value(after, "gsfs_commit_seconds_count", store="file") == 1

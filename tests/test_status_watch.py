@@ -245,6 +245,16 @@ def test_rate_counts_from_the_first_byte_and_time_left_shrinks():
     assert "errors fast: write 2" in frames[0]
 
 
+def test_header_shows_the_memory_budget():
+    st = dict(status_with(), memory={"budget_bytes": 96 * MiB, "used_bytes": 17 * MiB,
+                                     "peak_bytes": 40 * MiB})
+    assert status_view.render(st)[0] == (
+        "gsfs at /mnt: pid 42, up 2h 03m, spool 0 B, memory 17.0 MiB of 96.0 MiB "
+        "(peak 40.0 MiB)")
+    # no budget (a daemon without memory_mib never runs, but older statuses have none)
+    assert "memory" not in status_view.render(status_with())[0]
+
+
 def test_totals_of_each_kind():
     assert status_view.upload_total(upload(5, kind="spool", written=9)) == 9
     assert status_view.upload_total(upload(5, written=9)) is None

@@ -7,6 +7,9 @@ What gsfs does differently (docs/compatibility.md):
   in its data directory, fsync'd, then published with ``link()`` (fails if the id
   exists: no overwrite race) or ``rename()`` (atomic replace); no reader and no
   crash ever sees a partial image under its id;
+* while it is written, its writeback is started every 16 MiB and what is on
+  disk leaves the page cache (``_Writeback``), so that fsync waits for the
+  last few MiB and a large image does not fill the page cache;
 * reads are confined to the store's data directories: a ``file://`` URI outside
   them is NotFound for this store;
 * every OSError leaves the driver as a gsfs exception.

@@ -9,7 +9,8 @@ One ``Metrics`` per mount, with its own registry:
 * read at scrape time from the daemon's own state (``_StateCollector``):
   the per-store counters the status channel shows (bytes, uploads, deletes),
   the failures per store and operation, uploads and downloads in flight,
-  spool bytes; so ``gsfs status`` and /metrics never disagree;
+  spool bytes, the memory budget; so ``gsfs status`` and /metrics never
+  disagree;
 * the process collector (CPU, RSS, open files) of prometheus-client.
 
 Served on ``-o metrics_port=PORT`` (``metrics_address``, default 127.0.0.1)
@@ -23,6 +24,8 @@ import time
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gsfs.budget import BUDGET
 
 LOG = logging.getLogger("gsfs.fs")
 
@@ -151,3 +154,10 @@ class _StateCollector:
         yield down
         yield GaugeMetricFamily("gsfs_spool_bytes", "Bytes of spool files (read-write "
                                 "images waiting for their upload).", value=ops.spool_used)
+        memory = BUDGET.status()
+        budget = GaugeMetricFamily("gsfs_memory_budget_bytes", "The uploads' memory budget "
+                                   "(memory_mib): what they hold now, at most since the "
+                                   "mount, and the limit.", labels=["kind"])
+        for kind in ("used", "peak", "budget"):
+            budget.add_metric([kind], memory["%s_bytes" % kind] or 0)
+        yield budget

@@ -33,6 +33,7 @@ import pyfuse3
 import trio
 
 from gsfs import driver, exceptions
+from gsfs.budget import BUDGET
 from gsfs.fs import errors, metrics, xattrs
 from gsfs.fs.namespace import BLKSIZE, ROOT_INODE, ByNameDir, Image, Link, Namespace, StoreDir
 from gsfs.fs.read_session import ReadSession
@@ -760,6 +761,7 @@ class Operations(pyfuse3.Operations):
                 "downloads": [r.status() for r in list(self.downloads)],
                 "failures": failures,
                 "spool_used_bytes": self.spool_used,
+                "memory": BUDGET.status(),
                 "metrics_url": self.metrics.url,
                 "config_files": list(self.config_files),
                 "config_dir": self.config_dir,

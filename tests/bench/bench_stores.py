@@ -480,8 +480,12 @@ def main(argv=None):
                     warnings.append("round %d: %s listed %d entries, not %d"
                                     % (r + 1, name, n, args.ls_count))
                 record(name, timed(run, "ls", "-l", path))
-            record("hash-1", timed(hash_one_thread, src))
-            record("hash-2", timed(hash_two_threads, src))
+            # the references read the source from the page cache, as cp does
+            # (the cold reads of the last round dropped it)
+            for name, func in (("hash-1", hash_one_thread), ("hash-2", hash_two_threads)):
+                settle(ceph, warnings)
+                run("cat", src)
+                record(name, timed(func, src))
             cold = ("cold", ceph)
 
             def s3fs_out(r=r):

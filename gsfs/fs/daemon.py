@@ -337,9 +337,9 @@ def _return_freed_memory():
                 "fsmblks", "uordblks", "fordblks", "keepcost")]
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
         libc.mallopt(-3, 12 * 1024 * 1024)  # M_MMAP_THRESHOLD, fixed: no dynamic growth
         libc.mallopt(-1, 4 * 1024 * 1024)   # M_TRIM_THRESHOLD
+        libc.mallinfo2.restype = MallInfo2  # glibc 2.33+; without it, no trimming
         _LIBC = libc
     except (OSError, AttributeError):
         pass

@@ -161,7 +161,6 @@ def settle(ceph, warnings):
 # "ceph" mon + osd + radosgw, "peers" s3fs and rclone; "tools" is what this
 # process (boto3, hashlib) and its finished children (cp, rbd) used.
 CPU_PIDS = {"gsfs": [], "ceph": [], "peers": []}
-LAST_CPU = {}
 
 
 def _cpu_now():
@@ -172,15 +171,13 @@ def _cpu_now():
 
 
 def timed(func, *args):
-    """Seconds func(*args) took; the CPU-s it cost, by whom, go to LAST_CPU."""
+    """(seconds func(*args) took, {who: CPU-s it cost})."""
     before = _cpu_now()
     t0 = time.perf_counter()
     func(*args)
     seconds = time.perf_counter() - t0
     after = _cpu_now()
-    LAST_CPU.clear()
-    LAST_CPU.update({k: after[k] - before[k] for k in after})
-    return seconds
+    return seconds, {k: after[k] - before[k] for k in after}
 
 
 def peak_rss_mib(pid):
@@ -458,11 +455,12 @@ def main(argv=None):
         rbd = ["rbd", "--no-progress", "--conf", ceph.conf_path, "--id", ceph.rbd_user]
         out = os.path.join(work, "out.raw")
 
-        def record(name, seconds):
+        def record(name, measured):
+            seconds, used = measured
             times.setdefault(name, []).append(seconds)
-            cpu.setdefault(name, []).append(dict(LAST_CPU))
+            cpu.setdefault(name, []).append(used)
             print("  %-22s %6.2f s  CPU-s %s" % (name, seconds, " ".join(
-                "%s %.1f" % kv for kv in LAST_CPU.items())), file=sys.stderr)
+                "%s %.1f" % kv for kv in used.items())), file=sys.stderr)
 
         def check_size(key):
             got = s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
@@ -486,7 +484,6 @@ def main(argv=None):
                 settle(ceph, warnings)
                 run("cat", src)
                 record(name, timed(func, src))
-            cold = ("cold", ceph)
 
             def s3fs_out(r=r):
                 run("cp", os.path.join(s3fs.mountpoint, "s%d" % r), out)
@@ -499,35 +496,35 @@ def main(argv=None):
             # comes right after a write step otherwise pays for the OSD's
             # and radosgw's work behind it (gsfs always came first before).
             groups = [
-                [("file in", None, run, "cp", src, mount.path("file", "f%d" % r))],
-                [("s3 in gsfs", None, run, "cp", src, mount.path("s3", "g%d" % r)),
-                 ("s3 in boto3", None, s3.upload_file, src, BUCKET, "b%d" % r,
+                [("file in", False, run, "cp", src, mount.path("file", "f%d" % r))],
+                [("s3 in gsfs", False, run, "cp", src, mount.path("s3", "g%d" % r)),
+                 ("s3 in boto3", False, s3.upload_file, src, BUCKET, "b%d" % r,
                   None, None, transfer)]
-                + ([("s3 in s3fs", None, run, "cp", src,
+                + ([("s3 in s3fs", False, run, "cp", src,
                      os.path.join(s3fs.mountpoint, "s%d" % r))] if s3fs else [])
-                + ([("s3 in rclone", None, run, "cp", src,
+                + ([("s3 in rclone", False, run, "cp", src,
                      os.path.join(rclone.mountpoint, BUCKET, "r%d" % r))] if rclone else []),
-                [("s3 out gsfs", cold, run, "cp", mount.path("s3", "g%d" % r), out),
-                 ("s3 out boto3", cold, s3.download_file, BUCKET, "b%d" % r, out,
+                [("s3 out gsfs", True, run, "cp", mount.path("s3", "g%d" % r), out),
+                 ("s3 out boto3", True, s3.download_file, BUCKET, "b%d" % r, out,
                   None, None, transfer),
                  # an image gsfs did not write: its checksums are computed while it is read
-                 ("s3 out gsfs+hash", cold, run, "cp", mount.path("s3", "b%d" % r), out)]
-                + ([("s3 out s3fs", cold, s3fs_out)] if s3fs else []),
-                [("4 par s3 in gsfs", None, cp_all, [
+                 ("s3 out gsfs+hash", True, run, "cp", mount.path("s3", "b%d" % r), out)]
+                + ([("s3 out s3fs", True, s3fs_out)] if s3fs else []),
+                [("4 par s3 in gsfs", False, cp_all, [
                     (s, mount.path("s3", "p%d-%d" % (r, i))) for i, s in enumerate(par_srcs)]),
-                 ("4 par s3 in boto3", None, upload_all, s3, BUCKET, [
+                 ("4 par s3 in boto3", False, upload_all, s3, BUCKET, [
                      (s, "q%d-%d" % (r, i)) for i, s in enumerate(par_srcs)], transfer)],
-                [("rbd in gsfs", None, run, "cp", src, mount.path("rbd", "g%d" % r)),
-                 ("rbd in import", None, run, *rbd, "import", src,
+                [("rbd in gsfs", False, run, "cp", src, mount.path("rbd", "g%d" % r)),
+                 ("rbd in import", False, run, *rbd, "import", src,
                   "%s/bench-b%d" % (ceph.pool, r))],
-                [("rbd out gsfs", cold, run, "cp", mount.path("rbd", "g%d" % r), out),
-                 ("rbd out export", cold, run, *rbd, "export",
+                [("rbd out gsfs", True, run, "cp", mount.path("rbd", "g%d" % r), out),
+                 ("rbd out export", True, run, *rbd, "export",
                   "%s/bench-b%d" % (ceph.pool, r), out + ".rbd")],
             ]
             for group in groups:
-                for name, how, func, *fargs in (group if r % 2 == 0 else group[::-1]):
+                for name, cold, func, *fargs in (group if r % 2 == 0 else group[::-1]):
                     settle(ceph, warnings)
-                    if how is cold:
+                    if cold:
                         drop_caches(ceph)
                     record(name, timed(func, *fargs))
             if s3fs:

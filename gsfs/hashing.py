@@ -115,6 +115,15 @@ class ImageHasher:
             self.verifier.update(chunk)
         self.size += n
 
+    def before_publish(self):
+        """Drivers call this right before they publish the image (link or
+        rename, CompleteMultipartUpload, the manifest PUT, the rbd rename): the
+        verifier's last word (gsfs's CommitGuard asks the writer's fate); what
+        it raises makes the add clean up like any failure."""
+        check = getattr(self.verifier, "before_publish", None)
+        if check is not None:
+            check()
+
     def _wait(self):
         """Let the hash threads finish what they were given (they end)."""
         threads, self._threads = self._threads, None

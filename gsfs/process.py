@@ -6,6 +6,7 @@ that reused its pid (boot id + start time).
 """
 
 import os
+import signal
 
 
 def process_tag(pid):
@@ -52,8 +53,11 @@ class ExitState:
 
     ``running``: not exiting. ``exiting``: in do_exit() or a zombie; then
     ``code`` is its exit code in waitpid format (0: a normal exit 0; a signal
-    number in the low 7 bits; ``status << 8`` for exit(status)). ``gone``:
-    no such process (already reaped, or /proc cannot tell).
+    number in the low 7 bits; ``status << 8`` for exit(status)). ``dying``:
+    not exiting yet, but a signal that will end it is pending (``code`` is
+    that signal); a process killed while it waits for a FUSE reply stays in
+    the kernel until the reply comes. ``gone``: no such process (already
+    reaped, or /proc cannot tell).
     """
 
     __slots__ = ("pid", "state", "code", "name")
@@ -63,10 +67,12 @@ class ExitState:
 
     @property
     def failed(self):
-        return self.state == "exiting" and self.code != 0
+        return self.state == "dying" or (self.state == "exiting" and self.code != 0)
 
     def describe(self):
         who = "%s (pid %d)" % (self.name or "process", self.pid)
+        if self.state == "dying":
+            return "%s is being killed (signal %d is pending)" % (who, self.code)
         if self.state != "exiting":
             return "%s is %s" % (who, self.state)
         if self.code & 0x7f:
@@ -82,6 +88,10 @@ def exit_state(pid):
     being answered, this tells how the writer ends. The exit code field is
     only shown to a reader allowed to ptrace the process (root, or the same
     user); to others it reads 0, as for a clean exit.
+
+    A process that is still running is ``dying`` if /proc/PID/status shows a
+    fatal signal pending (``fatal_signal_pending``): a writer killed while its
+    close waits for the commit.
     """
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -99,4 +109,46 @@ def exit_state(pid):
         return ExitState(pid, "running", name=name)
     if fields[0] in ("Z", "X") or flags & PF_EXITING:
         return ExitState(pid, "exiting", code, name)
+    sig = fatal_signal_pending(pid)
+    if sig:
+        return ExitState(pid, "dying", sig, name)
     return ExitState(pid, "running", name=name)
+
+
+# signals whose default action does not end the process (signal(7))
+_NOT_FATAL = {signal.SIGCHLD, signal.SIGCONT, signal.SIGURG, signal.SIGWINCH,
+              signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+def fatal_signal_pending(pid):
+    """The number of a pending signal that will end process ``pid``, or 0.
+
+    When a fatal signal (one not caught, ignored or blocked, whose default
+    action ends the process) is sent, kernel/signal.c complete_signal() adds
+    SIGKILL to every thread's pending set at once, before the process gets to
+    act on it; a core-dumping signal stays pending as itself. So SIGKILL in
+    ``SigPnd``/``ShdPnd`` of /proc/PID/status, or a pending signal that is
+    not in ``SigCgt``, ``SigIgn`` or ``SigBlk`` and whose default action
+    ends the process, means the process is being killed.
+    """
+    masks = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"):
+                    masks[key] = int(value.strip(), 16)
+    except (OSError, TypeError, ValueError):
+        return 0
+    pending = masks.get("SigPnd", 0) | masks.get("ShdPnd", 0)
+    if pending & _bit(signal.SIGKILL):
+        return int(signal.SIGKILL)
+    pending &= ~(masks.get("SigBlk", 0) | masks.get("SigIgn", 0) | masks.get("SigCgt", 0))
+    for sig in range(1, 65):
+        if pending & _bit(sig) and sig not in _NOT_FATAL:
+            return sig
+    return 0
+
+
+def _bit(sig):
+    return 1 << (int(sig) - 1)

@@ -31,6 +31,7 @@ import gsfs
 from gsfs import capabilities, driver, exceptions, multi_backend
 from gsfs.drivers import filesystem
 from tests.storeconf import load_stores, reset_global_state
+from tests.verifiers import RefuseToPublish
 
 CONF = cfg.CONF
 RESERVED = {"os_glance_staging_store": "file", "os_glance_tasks_store": "file"}
@@ -1106,6 +1107,15 @@ def test_add_image_replace_is_atomic(stores, fast):
     assert os.listdir(stores.fast) == ["img"]
     # replace=True also creates
     assert fast.add_image("new", io.BytesIO(b"n"), 1, replace=True)[1] == 1
+
+
+def test_a_refusal_before_publishing_leaves_the_replaced_image(stores, fast):
+    add_file("fast", "img", b"version one")
+    with pytest.raises(RuntimeError, match="refused before publishing"):
+        fast.add_image("img", io.BytesIO(b"version two"), 11, verifier=RefuseToPublish(),
+                       replace=True)
+    assert (stores.fast / "img").read_bytes() == b"version one"
+    assert temp_files(stores.fast) == []
 
 
 def test_a_reader_never_sees_a_partial_image(stores, fast):

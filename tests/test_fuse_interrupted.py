@@ -82,9 +82,10 @@ def image_names(backend):
 
 def kill_halfway(cmd, path, how):
     """Run ``cmd`` (writing ``path``) and interrupt it once ``path`` is 100 MiB
-    long: ``how`` is a signal name, or "timeout" for ``timeout 1 CMD``."""
+    long: ``how`` is a signal name, or "timeout" for ``timeout 0.5 CMD`` (a
+    cp of BIG into the file store takes about 1.1 s here)."""
     if how == "timeout":
-        proc = subprocess.run(["timeout", "1"] + [str(c) for c in cmd], capture_output=True)
+        proc = subprocess.run(["timeout", "0.5"] + [str(c) for c in cmd], capture_output=True)
         return proc.returncode
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -125,6 +126,52 @@ def test_an_interrupted_cp_publishes_nothing(store, backend, gsfs_mount, stores_
     run("cmp", old, m.path(store, "Z"))
     assert backend.read("Z") == old.read_bytes()
     assert failures(m, store).get("commit", 0) >= 2
+
+
+@pytest.mark.ceph
+@pytest.mark.parametrize("tool, sig", [("cp", "TERM"), ("cp", "KILL"), ("dd", "INT")])
+def test_a_writer_killed_while_its_close_waits_publishes_nothing(
+        ceph, s3_bucket, rgw_proxy, gsfs_mount, stores_conf, tmp_path, tool, sig):
+    """cp has written every byte and waits in close() for the commit when it
+    is killed (Ctrl-C or ``timeout`` at the end of a copy): the replace is not
+    published. The proxy holds every part upload 3 s, so the kill lands
+    between the end of data and the CompleteMultipartUpload. dd catches
+    SIGINT (to print its statistics): it is not being killed while it waits,
+    its close completes and publishes, and dd exits 0 (SEMANTICS.md)."""
+    conf = stores_conf("s3", extra={"s3": {"s3_store_host": rgw_proxy.url}})
+    m = gsfs_mount(conf, options=("allow_replace",))
+    backend = Backend("s3", ceph, s3_bucket)
+    old = random_file(tmp_path / "old.raw", 3 * MiB + 7)
+    run("cp", old, m.path("s3", "Z"))
+    new = random_file(tmp_path / "new.raw", 12 * MiB)    # parts of 5, 5 and 2 MiB
+    rule = rgw_proxy.add_rule("UPLOAD_PART", "stall", count=None, seconds=3)
+    target = m.path("s3", "Z")
+    cmd = ["cp", new, target] if tool == "cp" else ["dd", "if=%s" % new, "of=%s" % target,
+                                                      "bs=1M", "status=none"]
+    proc = subprocess.Popen([str(c) for c in cmd], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while rule.hits < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)            # the last part goes at end of data: the writer is in close()
+    assert rule.hits == 3 and proc.poll() is None, (rule.hits, proc.returncode)
+    proc.send_signal(getattr(signal, "SIG" + sig))
+    rc = proc.wait(timeout=60)
+    rgw_proxy.clear()
+
+    assert backend.multipart_uploads() == []
+    log = m.log_text()
+    if tool == "dd":
+        assert rc == 0          # coreutils 9.1's dd: the copy is done, it exits 0
+        run("cmp", new, target)
+        assert backend.read("Z") == new.read_bytes()
+        assert "Committed s3/Z: %d bytes" % new.stat().st_size in log
+        return
+    assert rc == -getattr(signal, "SIG" + sig)
+    run("cmp", old, target)
+    assert backend.read("Z") == old.read_bytes()
+    assert failures(m, "s3").get("commit", 0) == 1
+    assert "Upload of s3/Z abandoned, nothing is published: its writer cp (pid %d) is being " \
+           "killed (signal 9 is pending)" % proc.pid in log, log[-3000:]
+    assert "Committed s3/Z: %d bytes" % new.stat().st_size not in log
 
 
 def test_a_writer_that_exits_without_closing(store, backend, gsfs_mount, stores_conf):

@@ -29,6 +29,7 @@ from oslo_config import cfg
 from gsfs import capabilities, driver, exceptions, location, multi_backend
 from gsfs.drivers import rbd as rbd_driver
 from tests import storeconf
+from tests.verifiers import RefuseToPublish
 
 rados = pytest.importorskip("rados")
 rbd = pytest.importorskip("rbd")
@@ -567,6 +568,21 @@ def test_add_image_replace(store, ioctx):
         store.add_image(other, io.BytesIO(b"abc"), 3, replace=True)
         assert store.read(store.location_for(other), 0, 3) == b"abc"
         purge(ioctx, other)
+    finally:
+        purge(ioctx, image_id)
+
+
+def test_a_refusal_before_publishing_leaves_the_replaced_image(store, ioctx):
+    image_id = new_id()
+    old, new = os.urandom(MiB + 3), os.urandom(2 * MiB)
+    before = hidden_images(ioctx)
+    try:
+        store.add_image(image_id, io.BytesIO(old), len(old))
+        with pytest.raises(RuntimeError, match="refused before publishing"):
+            store.add_image(image_id, io.BytesIO(new), 0, verifier=RefuseToPublish(),
+                            replace=True)
+        assert store.read(store.location_for(image_id), 0, 10 * MiB) == old
+        assert hidden_images(ioctx) == before
     finally:
         purge(ioctx, image_id)
 

@@ -39,6 +39,7 @@ from gsfs import (
 from gsfs.drivers import s3
 from tests.servers.ceph import purge_bucket
 from tests.storeconf import ini, load_stores, store_config  # noqa: F401 - the fixture
+from tests.verifiers import RefuseToPublish
 
 pytestmark = pytest.mark.ceph
 
@@ -283,6 +284,16 @@ def test_add_stores_checksums_as_metadata(cloud):
     assert meta["os_hash_value"] == hashlib.sha256(SMALL).hexdigest()
     assert driver.parse_mtime_ns(meta["mtime"]) == cloud.store.stat_image(
         cloud.store.location_for("meta-add")).mtime_ns
+
+
+@pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])
+def test_a_refusal_before_publishing_leaves_the_replaced_image(cloud, data):
+    add(cloud, "rep", io.BytesIO(b"old"), 3)
+    with pytest.raises(RuntimeError, match="refused before publishing"):
+        cloud.store.add_image("rep", io.BytesIO(data), 0, verifier=RefuseToPublish(),
+                              replace=True)
+    assert body(cloud, "rep") == b"old"
+    assert uploads(cloud) == []
 
 
 @pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])

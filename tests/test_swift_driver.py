@@ -22,6 +22,7 @@ import swiftclient
 from gsfs import capabilities, driver, exceptions, location, logsetup, multi_backend
 from gsfs.drivers import swift
 from tests.storeconf import ini, store_config  # noqa: F401 - the fixture
+from tests.verifiers import RefuseToPublish
 
 pytestmark = pytest.mark.ceph
 
@@ -219,6 +220,17 @@ def test_add_image_replace(sw, first, second):
     # the replaced image's segments are gone, the new one's are there
     segs = [x for x in names(sw) if x.startswith(swift.SEGMENTS_PREFIX)]
     assert len(segs) == (0 if len(second) < 1 else -(-len(second) // MB))
+
+
+def test_a_refusal_before_publishing_leaves_the_replaced_image(sw):
+    """Segmented: refused before the manifest PUT (a whole PUT is refused by
+    gsfs's commit guard at end of data, before its last byte is sent)."""
+    sw.store.add_image("img", io.BytesIO(SMALL), 0)
+    before = names(sw)
+    with pytest.raises(RuntimeError, match="refused before publishing"):
+        sw.store.add_image("img", io.BytesIO(BIG), 0, verifier=RefuseToPublish(), replace=True)
+    assert sw.conn.get_object(sw.container, "img")[1] == SMALL
+    assert names(sw) == before
 
 
 @pytest.mark.parametrize("data, declared", [(SMALL, len(SMALL) - 1), (BIG, len(BIG) - 1),

@@ -467,6 +467,7 @@ class Store(driver.Store):
                 self._set_write_id(f.fileno(), datadir)
                 f.flush()
                 os.fsync(f.fileno())
+            hasher.before_publish()
             self._publish(tmp_path, filepath, replace)
         except BaseException as e:
             _unlink_quietly(tmp_path)

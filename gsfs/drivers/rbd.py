@@ -963,6 +963,7 @@ class Store(driver.Store):
                         image.metadata_set(META_PREFIX + key, value)
                     image.create_snap(DEFAULT_SNAPNAME)
                     image.protect_snap(DEFAULT_SNAPNAME)
+                hasher.before_publish()
                 self._publish(ioctx, pool, tmp, image_id, replace)
             except BaseException as e:
                 LOG.error("Failed to store image %s in pool %s: %s: %s",

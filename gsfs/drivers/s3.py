@@ -629,9 +629,13 @@ class _MultipartUpload:
             raise error
         raise mapped from error
 
-    def complete(self):
+    def complete(self, before=None):
+        """Wait for the parts, call ``before`` (the last word before publishing),
+        then complete the upload."""
         self._executor.shutdown(wait=True)
         self.check()
+        if before is not None:
+            before()
         numbers = sorted(self._etags)
         if numbers != list(range(1, self.parts + 1)):
             raise exceptions.BackendException(
@@ -1147,6 +1151,7 @@ class Store(driver.Store):
                     full = None
             else:
                 last, full = full, None
+            hasher.before_publish()
             if mpu.upload_id is None:
                 with _s3_errors("add", bucket, key, write=True):
                     client.put_object(Bucket=bucket, Key=key, Body=last)
@@ -1154,7 +1159,7 @@ class Store(driver.Store):
             if last:
                 mpu.submit(last)
             last = None
-            mpu.complete()
+            mpu.complete(before=hasher.before_publish)
         except BaseException as e:
             buf = full = last = None  # noqa: F841 - drop the buffers before waiting
             # the server is unreachable or not answering: waiting for the parts in

@@ -1016,6 +1016,7 @@ class Store(driver.Store):
                 "Content-Type": _content_type(size=total)})
             if not replace:
                 headers["If-None-Match"] = "*"
+            hasher.before_publish()
             with _swift_errors("add (manifest)", container, obj, write=True):
                 conn.put_object(container, obj, b"", content_length=0, headers=headers)
             written = []                  # published: the segments are the image's now

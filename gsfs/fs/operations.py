@@ -338,7 +338,7 @@ class Operations(pyfuse3.Operations):
         raise errors.refuse(errno.EPERM, "mknod", _name(name), "only regular files")
 
     # -- creating and writing ----------------------------------------------------
-    def _new_session(self, image, flags, replace):
+    def _new_session(self, image, flags, replace, pid):
         rdwr = (flags & os.O_ACCMODE) == os.O_RDWR
         # rsync (mkstemp) opens its temp file .NAME.XXXXXX read-write but writes it
         # in order: stream it, so its close reports the store's error
@@ -346,6 +346,7 @@ class Operations(pyfuse3.Operations):
             session = SpoolSession(self, image, replace)
         else:
             session = StreamSession(self, image, replace)
+            session.guard.writer_pid = pid      # asked again before the driver publishes
             session.start()
         image.session = session
         return session
@@ -370,7 +371,7 @@ class Operations(pyfuse3.Operations):
             image = existing
         else:
             image = self.namespace.new_image(d, name, committed=False)
-        session = self._new_session(image, flags, replace)
+        session = self._new_session(image, flags, replace, ctx.pid)
         return self._open_handle(image, session, created=True, pid=ctx.pid), \
             self.namespace.attrs(image)
 
@@ -405,7 +406,7 @@ class Operations(pyfuse3.Operations):
                     raise errors.refuse(errno.EEXIST, "open(O_TRUNC)", image.path,
                                         "images are immutable (mount with -o allow_replace "
                                         "to replace them atomically)", d.store_id)
-                session = self._new_session(image, flags, replace=True)
+                session = self._new_session(image, flags, replace=True, pid=ctx.pid)
                 return self._open_handle(image, session, created=True, pid=ctx.pid)
         reader = ReadSession(self, image) if accmode != os.O_WRONLY else None
         return self._open_handle(image, reader=reader)

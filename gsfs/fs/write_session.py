@@ -26,7 +26,10 @@ stays as it was):
 * the writer's fate: at every flush, the opener's /proc/PID/stat is read
   (gsfs/process.py ``exit_state``); a writer that is being killed by a signal
   or exits non-zero closes its files in the kernel's exit path, and that close
-  is not a finished copy (``abandon`` / ``closed_by``);
+  is not a finished copy (``abandon`` / ``closed_by``). A streamed upload asks
+  again at end of data and right before the driver publishes
+  (``CommitGuard.before_publish``): a writer killed while its close waits for
+  the commit (Ctrl-C, ``timeout``) has a fatal signal pending by then;
 * poison: after a write, truncate or fsync failed (a write the reorder window
   cannot place, a full spool, a spool I/O error), the upload is aborted and
   every later write and the close fail with that errno (``poison``);
@@ -60,6 +63,21 @@ class UploadAborted(Exception):
     """Raised inside the driver's add() to make it clean up and stop."""
 
 
+class WriterFailed(UploadAborted):
+    """Raised inside the driver's add() when the writer is being killed or
+    exits non-zero while its close waits for the commit."""
+
+
+def writer_failure(pid):
+    """Why the writer ``pid`` must not commit (it is being killed or exits
+    non-zero: its close is the kernel's cleanup, not a finished copy), or
+    None. A pid that is gone or cannot be read tells nothing: None."""
+    if not pid:
+        return None
+    state = process.exit_state(pid)
+    return state.describe() if state.failed else None
+
+
 class CommitGuard:
     """The ``verifier`` given to add(): holds what the writer announced (checksums
     set with setxattr, and ``user.glance.size``) and, through the driver's
@@ -69,6 +87,7 @@ class CommitGuard:
         self.hasher = None
         self.expected = {}      # 'checksum' / 'os_hash_value' → lower-case hex
         self.expected_size = None
+        self.writer_pid = None  # a streamed upload's opener: its fate is asked last
 
     def attach_hasher(self, hasher):
         self.hasher = hasher
@@ -87,12 +106,21 @@ class CommitGuard:
         size or digests differ. Returns False if the driver's digests are not
         complete yet (the result is then checked after add() returns)."""
         self.check_size(delivered)
+        self.before_publish()
         if not self.expected:
             return True
         if self.hasher is None or self.hasher.size != delivered:
             return False
         self.compare(self.hasher.checksum, self.hasher.hash_value)
         return True
+
+    def before_publish(self):
+        """In the upload thread, at end of data and (called by the driver
+        through ImageHasher) right before the image is published: raise
+        WriterFailed if the writer is being killed or exits non-zero."""
+        why = writer_failure(self.writer_pid)
+        if why is not None:
+            raise WriterFailed("its writer " + why)
 
     def compare(self, checksum, hash_value):
         for key, actual in (("checksum", checksum), ("os_hash_value", hash_value)):
@@ -275,16 +303,6 @@ class _Session:
             self.first_bytes = total
         self.uploaded_bytes = total
 
-    @staticmethod
-    def writer_failure(pid):
-        """Why the writer ``pid`` must not commit (it is being killed or exits
-        non-zero: its close is the kernel's cleanup, not a finished copy), or
-        None. A pid that is gone or cannot be read tells nothing: None."""
-        if not pid:
-            return None
-        state = process.exit_state(pid)
-        return state.describe() if state.failed else None
-
     def _add(self, data, size):
         """In the upload thread: add the image, check it, store its metadata."""
         store = self.store
@@ -356,7 +374,12 @@ class _Session:
 
     def _fail(self, exc):
         self.error = exc
-        if isinstance(exc, UploadAborted):
+        if isinstance(exc, WriterFailed):
+            code = errno.EIO
+            LOG.warning("Upload of %s abandoned, nothing is published: %s", self.image.path,
+                        exc)
+            self.fs.failures.count(self.store_id, "commit")
+        elif isinstance(exc, UploadAborted):
             code = self.errno or errno.EIO
             LOG.info("Upload of %s aborted, nothing was published: %s", self.image.path, exc)
         else:
@@ -586,7 +609,7 @@ class StreamSession(_Session):
     async def abandon_if_writer_failed(self, pid):
         """At the opener's flush or release: abandon the upload if the opener
         ``pid`` is being killed or exits non-zero. True if it was abandoned."""
-        why = self.writer_failure(pid)
+        why = writer_failure(pid)
         if why is None:
             return False
         await self.abandon("its writer " + why)
@@ -702,7 +725,7 @@ class SpoolSession(_Session):
     def closed_by(self, pid):
         """The flush of one of its handles: a writer that dies poisons the
         image; a poisoned image's close returns the error."""
-        why = self.writer_failure(pid)
+        why = writer_failure(pid)
         if why is not None and not self.committing:
             self.poison(errno.EIO, "close", "its writer " + why)
         self.raise_if_failed()

@@ -163,15 +163,24 @@ def settle(ceph, warnings):
 CPU_PIDS = {"gsfs": [], "ceph": [], "peers": []}
 
 
+def _steal_seconds():
+    """CPU-s the hypervisor gave to others (all cores): /proc/stat's steal."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def _cpu_now():
     t = os.times()
     now = {k: _cpu_seconds(pids) for k, pids in CPU_PIDS.items()}
     now["tools"] = t.user + t.system + t.children_user + t.children_system
+    now["steal"] = _steal_seconds()
     return now
 
 
 def timed(func, *args):
-    """(seconds func(*args) took, {who: CPU-s it cost})."""
+    """(seconds func(*args) took, {who: CPU-s it cost}); "steal" is not a
+    cost of the step: the CPU-s the hypervisor took from this machine meanwhile."""
     before = _cpu_now()
     t0 = time.perf_counter()
     func(*args)
@@ -580,15 +589,20 @@ def report(args, size, times, cpu, peak, parallel, skipped, warnings):
         rate = "%7.0f MB/s" % (nbytes[k] / med[k] / 1e6) if k in nbytes else ""
         print(("%-18s %7.2f s %s" % (k, med[k], rate)).rstrip())
     cores = os.cpu_count() or 1
-    used = {k: statistics.median(sum(c.values()) for c in v) for k, v in cpu.items() if v}
+    used = {k: statistics.median(sum(x for w, x in c.items() if w != "steal") for c in v)
+            for k, v in cpu.items() if v}
     print("\nCPU-s per step (median; on %d cores a step that uses C CPU-s takes at "
-          "least C/%d s)" % (cores, cores))
+          "least C/%d s); steal: the share of the step's core-seconds the "
+          "hypervisor gave to other machines (a pipelined step loses more to it "
+          "than one thread does)" % (cores, cores))
     for k in med:
         if k in used and not k.startswith("ls "):
             parts = {w: statistics.median(c.get(w, 0) for c in cpu[k])
                      for w in ("gsfs", "ceph", "peers", "tools")}
-            print("%-18s %6.1f  (%s)" % (k, used[k], ", ".join(
-                "%s %.1f" % (w, v) for w, v in parts.items() if v >= 0.05)))
+            steal = statistics.median(c.get("steal", 0) / max(t * cores, 1e-9)
+                                      for c, t in zip(cpu[k], times[k]))
+            print("%-18s %6.1f  (%s)  steal %.0f%%" % (k, used[k], ", ".join(
+                "%s %.1f" % (w, v) for w, v in parts.items() if v >= 0.05), 100 * steal))
     print("\nratios (> 1: gsfs faster)")
     pairs = [("file in / hash-1", "file in", "hash-1"),
              ("file in / hash-2", "file in", "hash-2"),

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.fuse]
 
 MiB = 1024 * 1024
 ERROR_BOUND = 30.0
-STALL = 2.0
+STALL = 1.0         # a stalled answer: clearly late, well within every client timeout
 FAULTS = ["500", "503", "reset", "truncate", "stall"]
 
 

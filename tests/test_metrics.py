@@ -69,8 +69,11 @@ def test_metrics_move_with_an_upload_and_a_failure(gsfs_mount, stores_conf, tmp_
         writer.wait()
     after = scrape(url)
     assert value(after, "gsfs_uploads_in_flight", store="file") == 0
-    # the MiB written waited in the upload queue, drawn from the budget
-    assert value(after, "gsfs_memory_budget_bytes", kind="peak") >= MiB
+    # the MiB written waited in the upload queue, drawn from the budget; with
+    # direct I/O the kernel sends a 1 MiB write from an unaligned buffer (a
+    # Python bytes object) as two requests: up to the end of the 256th page
+    # the buffer touches, then the rest
+    assert value(after, "gsfs_memory_budget_bytes", kind="peak") >= MiB - 4096
     assert value(after, "gsfs_memory_budget_bytes", kind="used") == 0
     assert value(after, "gsfs_uploads_total", store="file", outcome="committed") == 1
     assert value(after, "gsfs_upload_seconds_count", store="file") == 1

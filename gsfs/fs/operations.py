@@ -381,7 +381,12 @@ class Operations(pyfuse3.Operations):
         image.open_count += 1
         if isinstance(session, SpoolSession):
             session.opened()
-        return pyfuse3.FileInfo(fh=fh)
+        # A streamed file's writes bypass the page cache (FOPEN_DIRECT_IO): the
+        # kernel hands gsfs the writer's own buffer instead of copying it into
+        # page-cache pages first (cp into the file store: 0.6-0.85 -> 0.22
+        # CPU-s of cp per GiB), and the pages of an upload that is abandoned
+        # never reach the cache of the image's inode.
+        return pyfuse3.FileInfo(fh=fh, direct_io=isinstance(session, StreamSession))
 
     async def open(self, inode, flags, ctx):
         image = self._node(inode)

@@ -29,9 +29,9 @@ OPTS = [
     cfg.IntOpt("upload_queue_mib", default=8, min=1,
                help="MiB of written data queued per open file before write() waits."),
     cfg.IntOpt("reorder_window_mib", default=16, min=1,
-               help="MiB of writes that arrived ahead of the stream (O_DIRECT writers "
-                    "have several in flight) held per open file until the bytes before "
-                    "them arrive."),
+               help="MiB of writes that arrived ahead of the stream (threads or "
+                    "asynchronous I/O writing one file at once) held per open file "
+                    "until the bytes before them arrive."),
     cfg.IntOpt("memory_mib", default=96, min=16,
                help="MiB that all uploads of the daemon may hold at once (s3 part "
                     "buffers and upload queues; see docs/memory.md)."),

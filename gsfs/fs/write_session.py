@@ -7,7 +7,7 @@ while the file is written. write() hands data to a bounded trio channel
 (``upload_queue_mib``), which the driver's add() reads from in a worker thread
 through ``UploadPipe``; when the channel is full, write() waits (backpressure),
 so the memory of an open file is bounded. Writes that arrive ahead of the
-stream (O_DIRECT writers have several in flight) wait in a reorder window of
+stream (threads or asynchronous I/O writing one file at once) wait in a reorder window of
 ``reorder_window_mib``; a gap is zero-filled (a hole) only when the window is
 full and nothing is being written at the stream position, at an extending
 ftruncate, or at the commit. The opener's flush/fsync (or the release, if it
@@ -425,8 +425,10 @@ class StreamSession(_Session):
     ``pos`` is where the stream has got to (every byte before it is claimed,
     in order, for the upload queue); writes ahead of it wait in ``window``
     (offset → bytes, at most ``reorder_window`` bytes) until the bytes before
-    them arrive: with O_DIRECT (dd oflag=direct) the kernel has several writes
-    of one write(2) in flight and they reach gsfs in any order. A gap is a
+    them arrive: writers with several writes in flight at once (threads
+    calling pwrite, asynchronous I/O) reach gsfs in any order. (The file is
+    opened with direct I/O, so the kernel passes each write(2) of a single
+    writer on in order, dd oflag=direct too.) A gap is a
     hole, zero-filled, only when the window is full and no write at the
     stream position is under way, at an extending truncate, or at the commit.
     Claims are made without awaiting and sent under a fair lock, so the queue

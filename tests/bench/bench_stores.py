@@ -600,7 +600,7 @@ def report(args, size, times, cpu, peak, parallel, skipped, warnings):
             parts = {w: statistics.median(c.get(w, 0) for c in cpu[k])
                      for w in ("gsfs", "ceph", "peers", "tools")}
             steal = statistics.median(c.get("steal", 0) / max(t * cores, 1e-9)
-                                      for c, t in zip(cpu[k], times[k]))
+                                      for c, t in zip(cpu[k], times[k], strict=True))
             print("%-18s %6.1f  (%s)  steal %.0f%%" % (k, used[k], ", ".join(
                 "%s %.1f" % (w, v) for w, v in parts.items() if v >= 0.05), 100 * steal))
     print("\nratios (> 1: gsfs faster)")

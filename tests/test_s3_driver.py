@@ -297,6 +297,38 @@ def test_a_refusal_before_publishing_leaves_the_replaced_image(cloud, data):
 
 
 @pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])
+def test_an_add_replaced_right_after_it_completed_stores_no_metadata(
+        ceph, s3_bucket, s3conf, rgw_proxy, data, caplog):
+    """A second host writes the name between this add's PUT (or
+    CompleteMultipartUpload) and its HEAD: the last writer wins, and this
+    add's checksums are not stored as the metadata of the other object."""
+    s3conf(s3_store_host=rgw_proxy.url)
+    store = multi_backend.get_store_from_store_identifier("cloud")
+    other = os.urandom(len(data))
+    rule = rgw_proxy.add_rule("HEAD", "stall", count=1, seconds=60, match="racekey",
+                              match_not=".gsfs-")
+
+    def second_host():
+        while rule.hits == 0:
+            time.sleep(0.01)
+        ceph.s3_client().put_object(Bucket=s3_bucket, Key="racekey", Body=other)
+        rgw_proxy.clear()           # the held HEAD goes on, and sees the other object
+
+    writer = threading.Thread(target=second_host)
+    writer.start()
+    try:
+        result = store.add_image("racekey", io.BytesIO(data), 0, replace=True)
+    finally:
+        writer.join(timeout=60)
+        rgw_proxy.clear()
+    assert result[2] == hashlib.md5(data).hexdigest()
+    loc = store.location_for("racekey")
+    assert b"".join(store.get(loc)[0]) == other
+    assert "checksum" not in store.get_image_meta(loc), store.get_image_meta(loc)
+    assert "was replaced by another writer right after this add" in caplog.text
+
+
+@pytest.mark.parametrize("data", [SMALL, BIG], ids=["single", "multipart"])
 def test_duplicate_leaves_the_original(cloud, data):
     add(cloud, "dup", io.BytesIO(data), len(data))
     with pytest.raises(exceptions.Duplicate) as e:

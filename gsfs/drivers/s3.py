@@ -240,6 +240,10 @@ def _mtime_ns(when):
     return (when - _EPOCH) // datetime.timedelta(seconds=1) * 1_000_000_000
 
 
+def _etag(head):
+    return str(head.get("ETag") or "").strip('"')
+
+
 def _object_tag(head):
     """Identifies one version of an object (ETag and LastModified second): a
     sidecar is valid only for the object it was written for."""
@@ -659,15 +663,20 @@ class _MultipartUpload:
                         self.key, e)
         self.store._upload_ended(self.bucket, self.key, self.upload_id)
 
-    def _completed_anyway(self, numbers):
+    def etag(self):
+        """The ETag S3 gives the object this upload completes: the md5 of
+        its parts' binary md5s, then "-" and the number of parts."""
+        numbers = sorted(self._etags)
         digests = b"".join(bytes.fromhex(self._etags[n].strip('"')) for n in numbers)
-        expected = "%s-%d" % (hashlib.md5(digests, usedforsecurity=False).hexdigest(),
-                              len(numbers))
+        return "%s-%d" % (hashlib.md5(digests, usedforsecurity=False).hexdigest(),
+                          len(numbers))
+
+    def _completed_anyway(self, numbers):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
         except Exception:  # noqa: BLE001 - cannot tell: the add failed
             return False
-        return str(head.get("ETag") or "").strip('"') == expected
+        return sorted(self._etags) == numbers and _etag(head) == self.etag()
 
     def abort(self, wait=True):
         """Abort the upload. ``wait=False``: do not wait for the parts in flight
@@ -1087,20 +1096,27 @@ class Store(driver.Store):
             first_part = image_size          # one PUT, never multipart
         else:
             first_part = self._part_size(1, image_size)
-        total = self._upload(client, bucket, key, chunks, checker, hasher,
-                             image_size, first_part)
+        total, etag = self._upload(client, bucket, key, chunks, checker, hasher,
+                                   image_size, first_part)
         head = self._head(client, bucket, key, op="add")
-        if head is None or head["ContentLength"] != total:
+        meta = {"checksum": hasher.checksum, "os_hash_algo": hasher.algo,
+                "os_hash_value": hasher.hash_value}
+        if head is not None and _etag(head) != etag:
+            # another writer of this name (a second host) completed its own
+            # object after ours: the last writer wins, and this add's checksums
+            # must not be stored as the metadata of that other object
+            LOG.warning("s3://%s/%s was replaced by another writer right after this add "
+                        "stored it; the metadata is left to that writer", bucket, key)
+        elif head is None or head["ContentLength"] != total:
             raise exceptions.BackendException(
                 "S3 add of bucket %r key %r: the object written has %s bytes, not %d"
                 % (bucket, key, None if head is None else head["ContentLength"], total))
-        meta = {"checksum": hasher.checksum, "os_hash_algo": hasher.algo,
-                "os_hash_value": hasher.hash_value}
-        written = self._reset_sidecar(client, bucket, key, head, meta)
-        # no mtime in an add's metadata, so no index key (cleanup_leftovers
-        # writes it); the keys of an older object of this id go
-        self._update_index(client, bucket, key, head if written and "mtime" in meta else None,
-                           meta, quiet=True)
+        else:
+            written = self._reset_sidecar(client, bucket, key, head, meta)
+            # no mtime in an add's metadata, so no index key (cleanup_leftovers
+            # writes it); the keys of an older object of this id go
+            self._update_index(client, bucket, key,
+                               head if written and "mtime" in meta else None, meta, quiet=True)
         metadata = {"store": self.backend_group} if self.backend_group else {}
         LOG.debug("Wrote %d bytes to S3 bucket %s key %s, checksum %s",
                   total, bucket, key, hasher.checksum)
@@ -1108,7 +1124,8 @@ class Store(driver.Store):
 
     def _upload(self, client, bucket, key, chunks, checker, hasher, image_size, first_part):
         """Send the image: one PUT if it fits in the first part, else a
-        multipart upload with parts sent in parallel. Returns the size."""
+        multipart upload with parts sent in parallel. Returns the size and
+        the ETag of the object this upload made."""
         buffers = _PartBuffers((self.thread_pools + 1) * first_part)
         try:
             return self._send_parts(client, bucket, key, chunks, checker, hasher, image_size,
@@ -1154,8 +1171,8 @@ class Store(driver.Store):
             hasher.before_publish()
             if mpu.upload_id is None:
                 with _s3_errors("add", bucket, key, write=True):
-                    client.put_object(Bucket=bucket, Key=key, Body=last)
-                return len(last)
+                    resp = client.put_object(Bucket=bucket, Key=key, Body=last)
+                return len(last), _etag(resp)
             if last:
                 mpu.submit(last)
             last = None
@@ -1169,7 +1186,7 @@ class Store(driver.Store):
             # to abort at once, so nothing is left when the close returns.
             mpu.abort(wait=not _unreachable(e))
             raise
-        return mpu.size
+        return mpu.size, mpu.etag()
 
     # -- gsfs extensions -----------------------------------------------------
     def location_for(self, image_id):

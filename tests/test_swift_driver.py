@@ -222,6 +222,27 @@ def test_add_image_replace(sw, first, second):
     assert len(segs) == (0 if len(second) < 1 else -(-len(second) // MB))
 
 
+def test_checksums_posted_onto_another_writers_object_are_ignored(sw):
+    """The race of two hosts on one name: B's PUT lands between A's PUT and
+    the POST of A's checksums, so the object holds B's bytes under A's
+    checksums. The object's ETag (the md5 of its bytes) tells them apart."""
+    store = sw.store
+    store.add_image("img", io.BytesIO(SMALL), len(SMALL))      # one whole PUT
+    loc = store.location_for("img")
+    mine = {k: v for k, v in sw.conn.head_object(sw.container, "img").items()
+            if k.startswith("x-object-meta-gsfs-")}
+    assert mine["x-object-meta-gsfs-checksum"] == hashlib.md5(SMALL).hexdigest()
+    other = SMALL[::-1]
+    sw.conn.put_object(sw.container, "img", other)               # host B
+    sw.conn.post_object(sw.container, "img", headers=mine)       # host A's late POST
+    assert b"".join(store.get(loc)[0]) == other
+    meta = store.get_image_meta(loc)
+    assert "checksum" not in meta and "os_hash_value" not in meta, meta
+    # its own checksums are served again once they are right
+    store.set_image_meta(loc, {"checksum": hashlib.md5(other).hexdigest()})
+    assert store.get_image_meta(loc)["checksum"] == hashlib.md5(other).hexdigest()
+
+
 def test_a_refusal_before_publishing_leaves_the_replaced_image(sw):
     """Segmented: refused before the manifest PUT (a whole PUT is refused by
     gsfs's commit guard at end of data, before its last byte is sent)."""

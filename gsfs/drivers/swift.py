@@ -529,13 +529,25 @@ def _segment_prefix(token):
     return "%s%s/" % (SEGMENTS_PREFIX, token)
 
 
-def _meta_of(head):
-    """The gsfs metadata (str → str) in the headers of a HEAD."""
+def _meta_of(head, where=""):
+    """The gsfs metadata (str → str) in the headers of a HEAD.
+
+    A whole object's ETag is the md5 of its bytes, which is also its stored
+    ``checksum``: when they differ, the metadata was written for other bytes
+    (a second writer's PUT landed between an add's PUT and the POST of its
+    checksums) and none of it is returned. A manifest carries its metadata in
+    the PUT that publishes it, and its ETag is not an md5 of the image."""
     meta = {}
     for key in driver.META_KEYS:
         value = head.get(META_HEADER + key.replace("_", "-"))
         if value:
             meta[key] = value
+    etag = str(head.get("etag") or "").strip('"').lower()
+    if meta.get("checksum") and etag and not _is_manifest(head) \
+            and meta["checksum"].lower() != etag:
+        LOG.info("Ignoring the gsfs metadata of %s: its checksum %s is not the object's "
+                 "ETag %s (another writer replaced the object)", where, meta["checksum"], etag)
+        return {}
     return meta
 
 
@@ -1179,7 +1191,7 @@ class Store(driver.Store):
     def get_image_meta(self, location):
         loc = self._where(location)
         _, head = self._stat(loc)
-        meta = _meta_of(head)
+        meta = _meta_of(head, "%s/%s" % (loc.container, loc.obj))
         if "mtime" not in meta:
             info = self._info_from_head(loc.obj, head)
             if info.mtime_ns is not None:

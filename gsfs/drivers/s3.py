@@ -31,6 +31,9 @@ sidecar follows its image on rename and goes away with it on delete. It also
 records which object version it describes (ETag + LastModified), so a sidecar
 left behind by a glance_store delete is ignored, not served as the metadata of
 a new image of the same id; cleanup_leftovers() removes sidecars without image.
+An add writes the sidecar only for its own object: when the HEAD after its
+PUT or CompleteMultipartUpload shows another ETag, another writer has
+replaced the object, and the metadata is left to that writer.
 
 The mtime index
 ---------------

@@ -250,8 +250,7 @@ def _etag(head):
 def _object_tag(head):
     """Identifies one version of an object (ETag and LastModified second): a
     sidecar is valid only for the object it was written for."""
-    return "%s %d" % (str(head.get("ETag") or "").strip('"'),
-                      _mtime_ns(head["LastModified"]) // 1_000_000_000)
+    return "%s %d" % (_etag(head), _mtime_ns(head["LastModified"]) // 1_000_000_000)
 
 
 def _image_info(key, size, when, version=None, stored_ns=None):
@@ -659,7 +658,7 @@ class _MultipartUpload:
             # the answer was lost (a reset, a cut body): the server may have
             # completed the upload all the same. It did if the object now has the
             # ETag of exactly these parts; then this add succeeded.
-            if not self._completed_anyway(numbers):
+            if not self._completed_anyway():
                 raise
             LOG.warning("Completing the multipart upload of %s/%s failed (%s), but the "
                         "object has the ETag of its parts: it was completed", self.bucket,
@@ -674,12 +673,12 @@ class _MultipartUpload:
         return "%s-%d" % (hashlib.md5(digests, usedforsecurity=False).hexdigest(),
                           len(numbers))
 
-    def _completed_anyway(self, numbers):
+    def _completed_anyway(self):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key)
         except Exception:  # noqa: BLE001 - cannot tell: the add failed
             return False
-        return sorted(self._etags) == numbers and _etag(head) == self.etag()
+        return _etag(head) == self.etag()
 
     def abort(self, wait=True):
         """Abort the upload. ``wait=False``: do not wait for the parts in flight
@@ -1171,8 +1170,8 @@ class Store(driver.Store):
                     full = None
             else:
                 last, full = full, None
-            hasher.before_publish()
             if mpu.upload_id is None:
+                hasher.before_publish()
                 with _s3_errors("add", bucket, key, write=True):
                     resp = client.put_object(Bucket=bucket, Key=key, Body=last)
                 return len(last), _etag(resp)

@@ -29,7 +29,12 @@ Within a round, the steps of one comparison (s3 in, s3 out, 4 par, rbd in,
 rbd out) run in one order in even rounds and in the reverse order in odd
 ones, and every step waits (untimed) for ``sync`` and for the OSD and
 radosgw to go idle first: a step that came right after a write otherwise
-paid for the servers' work behind it, and gsfs always came first.
+paid for the servers' work behind it, and gsfs always came first. Before
+every copy-in its sources are read once (untimed, ``cat``), so each one
+reads them from the page cache: the cold reads before had dropped them,
+and whichever of gsfs and its reference came first read them from disk.
+Before every copy-out the last one's output file is removed (untimed), so
+each writes a new file, as ``rbd export`` must.
 
 It prints the ratios (> 1: gsfs is faster), the absolute listing times (the
 goals, for 10,000 images: file store <= 0.5 s, s3 store <= 0.7 s), the
@@ -532,17 +537,30 @@ def main(argv=None):
             ]
             for group in groups:
                 for name, cold, func, *fargs in (group if r % 2 == 0 else group[::-1]):
-                    settle(ceph, warnings)
                     if cold:
+                        # every copy-out writes a new file: cp onto the last
+                        # step's output first freed its 1 GiB (rbd export
+                        # refuses to overwrite, so it never paid for that)
+                        for path in (out, out + ".rbd"):
+                            if os.path.exists(path):
+                                os.unlink(path)
+                        settle(ceph, warnings)
                         drop_caches(ceph)
+                    else:
+                        # every copy-in reads its source from the page cache:
+                        # the cold reads before dropped it, and whichever of
+                        # gsfs and the reference came first read it from disk
+                        run("cat", src, *par_srcs)
+                        settle(ceph, warnings)
                     record(name, timed(func, *fargs))
             if s3fs:
                 check_size("s%d" % r)
             if rclone:
                 check_size("r%d" % r)
             # not timed: remove what this round wrote, so the OSD never fills up
-            os.unlink(out + ".rbd")
-            os.unlink(out)
+            for path in (out, out + ".rbd"):
+                if os.path.exists(path):
+                    os.unlink(path)
             for store, name in [("file", "f%d" % r), ("s3", "g%d" % r), ("rbd", "g%d" % r)] + [
                     ("s3", "p%d-%d" % (r, i)) for i in range(PAR_N)]:
                 os.unlink(mount.path(store, name))

@@ -525,6 +525,11 @@ def _is_manifest(head):
         str(head.get("x-static-large-object", "")).lower() == "true"
 
 
+def _etag_of(head):
+    """A HEAD's ETag without its quotes, in lower case."""
+    return str(head.get("etag") or "").strip('"').lower()
+
+
 def _segment_prefix(token):
     return "%s%s/" % (SEGMENTS_PREFIX, token)
 
@@ -542,7 +547,7 @@ def _meta_of(head, where=""):
         value = head.get(META_HEADER + key.replace("_", "-"))
         if value:
             meta[key] = value
-    etag = str(head.get("etag") or "").strip('"').lower()
+    etag = _etag_of(head)
     if meta.get("checksum") and etag and not _is_manifest(head) \
             and meta["checksum"].lower() != etag:
         LOG.info("Ignoring the gsfs metadata of %s: its checksum %s is not the object's "
@@ -1150,8 +1155,7 @@ class Store(driver.Store):
         stored = _mtime_ns(head.get(META_HEADER + "mtime") or params.get("gsfs_mtime"))
         ns = stored if stored is not None else _http_date_ns(head.get("last-modified"))
         size = int(head.get("content-length", 0))
-        etag = (head.get("etag") or "").strip('"')
-        version = "%s:%d" % (MD5_EMPTY if _is_manifest(head) else etag, size)
+        version = "%s:%d" % (MD5_EMPTY if _is_manifest(head) else _etag_of(head), size)
         return driver.ImageInfo(name, size, None if ns is None else ns / 1e9, ns, version)
 
     @staticmethod

@@ -34,6 +34,15 @@ FIRST_BLOCK = 1024 * 1024           # the first block of a sequential window
 MAX_BLOCK = 8 * 1024 * 1024         # blocks grow up to this
 
 
+def _slice(data, start, stop):
+    """data[start:stop] without copying it: pyfuse3 replies from any buffer.
+    Copying each 1 MiB reply out of its block cost the trio thread 0.15-0.2
+    of its 0.45 user CPU-s per GiB read (s3 copy-out, three interleaved pairs)."""
+    if start == 0 and stop >= len(data):
+        return data
+    return memoryview(data)[start:stop]
+
+
 class _Block:
     __slots__ = ("start", "want", "data", "ready", "error")
 
@@ -156,7 +165,7 @@ class ReadSession:
                 error = block.error
                 self._restart_at(pos)
                 raise error
-            piece = block.data[pos - block.start:end - block.start]
+            piece = _slice(block.data, pos - block.start, end - block.start)
             if not piece:
                 break
             parts.append(piece)

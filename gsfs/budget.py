@@ -102,7 +102,7 @@ def _set_event(token, event):
         event.set()
     else:
         try:
-            trio.from_thread.run_sync(event.set, trio_token=token)
+            token.run_sync_soon(event.set)      # queued, not waited for
         except trio.RunFinishedError:
             pass
 

@@ -7,8 +7,9 @@ random read) drops the window and fetches one 1 MiB block at that offset.
 While reads go on in order, the window fills up again, each new block twice
 as large as the one before (1, 2, 4, then 8 MiB), up to ``readahead_mib``
 bytes in all (default 32 MiB: four 8 MiB ranged reads in flight). So the
-memory of an open file is at most ``readahead_mib`` plus the request being
-served, whatever the image size. Any offset works on every driver (file:
+memory of an open file is at most ``readahead_mib`` plus the block the
+request being served lies in (a reply is a view of its block, not a copy),
+whatever the image size. Any offset works on every driver (file:
 pread, s3: ranged GET, rbd: read at the snapshot, http: Range).
 
 While the whole image is fetched in order from byte 0, the blocks are hashed

@@ -126,6 +126,11 @@ def test_an_interrupted_cp_publishes_nothing(store, backend, gsfs_mount, stores_
     run("cmp", old, m.path(store, "Z"))
     assert backend.read("Z") == old.read_bytes()
     assert failures(m, store).get("commit", 0) >= 2
+    # the writer stopped the copy: a warning, not a store error (the rbd
+    # driver logged "Failed to store image" at ERROR for it)
+    log = m.log_text()
+    assert " ERROR " not in log, log
+    assert "Upload of %s/%s abandoned, nothing is published" % (store, name) in log, log
 
 
 @pytest.mark.ceph

@@ -966,8 +966,15 @@ class Store(driver.Store):
                 hasher.before_publish()
                 self._publish(ioctx, pool, tmp, image_id, replace)
             except BaseException as e:
-                LOG.error("Failed to store image %s in pool %s: %s: %s",
-                          image_id, pool, type(e).__name__, e)
+                if isinstance(e, (rbd.Error, rados.Error, exceptions.GlanceStoreException,
+                                  exceptions.BackendException, OSError)):
+                    LOG.error("Failed to store image %s in pool %s: %s: %s",
+                              image_id, pool, type(e).__name__, e)
+                else:
+                    # the image data's source stopped it (a FUSE writer's
+                    # Ctrl-C, which its caller reports): not a store failure
+                    LOG.info("Stopped storing image %s in pool %s: its data source raised "
+                             "%s: %s", image_id, pool, type(e).__name__, e)
                 self._discard(pool, tmp, "unfinished upload")
                 if isinstance(e, rbd.IncompleteWriteError):
                     raise exceptions.Invalid(

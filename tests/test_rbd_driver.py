@@ -707,6 +707,22 @@ def test_not_found(store, ceph):
     assert "no-such-pool" in str(e.value)
 
 
+def test_a_missing_pool_is_a_configuration_error(gsfs_conf, ceph):
+    """Listing or adding to a pool that does not exist names the pool and
+    the fix (BackendException: EIO under FUSE); NotFound (ENOENT) made
+    ``ls`` of the store print nothing and exit 0. Reading an image of it
+    is still NotFound (test_not_found above)."""
+    gsfs_conf(text=INI.format(pool="no-such-pool", user=ceph.rbd_user, conf=ceph.conf_path,
+                              extra="", enabled="ceph:rbd, thin:rbd"))
+    store = multi_backend.get_store_from_store_identifier("ceph")
+    for call in (lambda: list(store.list_images()),
+                 lambda: store.add(new_id(), io.BytesIO(b"abc"), 3)):
+        with pytest.raises(exceptions.BackendException) as e:
+            call()
+        assert "RADOS pool no-such-pool of store ceph does not exist" in str(e.value)
+        assert "ceph osd pool create no-such-pool" in str(e.value)
+
+
 def test_list_images(store, ioctx):
     ids = [new_id() for _ in range(3)]
     sizes = [0, 1234, MiB + 1]

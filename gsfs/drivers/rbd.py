@@ -84,6 +84,11 @@ _WRITING = set()
 _WRITING_LOCK = threading.Lock()
 
 
+# operations on the pool itself, not on one image: a missing pool is then a
+# BackendException (EIO under FUSE), not NotFound
+_POOL_OPS = ("add", "list images", "clean up leftovers")
+
+
 class _AioWrites:
     """librbd asynchronous writes with at most ``limit`` bytes in flight, as
     ``rbd import`` keeps several writes going: the image's objects are written
@@ -562,6 +567,13 @@ class Store(driver.Store):
             try:
                 ioctx = cluster.client.open_ioctx(pool)
             except rados.ObjectNotFound as e:
+                if op in _POOL_OPS:
+                    # no image is named: the store's configuration is wrong,
+                    # not an image missing (ENOENT made ls print nothing)
+                    raise exceptions.BackendException(
+                        "RADOS pool %s of store %s does not exist (%s): create it (ceph osd "
+                        "pool create %s; rbd pool init %s) or set rbd_store_pool"
+                        % (pool, self.backend_group, e, pool, pool)) from e
                 raise exceptions.NotFound(
                     message="RADOS pool %s does not exist (%s)" % (pool, e)) from e
             with ioctx:

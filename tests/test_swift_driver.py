@@ -131,11 +131,18 @@ def test_missing_container_without_create_on_put(ceph, swiftconf):
     with pytest.raises(exceptions.BackendException) as info:
         multi_backend.add(conf, "img", io.BytesIO(SMALL), len(SMALL), "sw")
     assert "swift_store_create_container_on_put" in str(info.value)
+    # the listing says the same (it was empty, so ls showed an empty store)
+    store = multi_backend.get_store_from_store_identifier("sw")
+    with pytest.raises(exceptions.BackendException) as info:
+        store.list_images()
+    assert "The container gsfs-nothere does not exist" in str(info.value)
 
 
 def test_container_created_on_put(ceph, swiftconf):
     conf = swiftconf(swift_store_container="gsfs-created-%d" % os.getpid(),
                      swift_store_create_container_on_put=True)
+    # before the first add, the store is empty, not an error
+    assert multi_backend.get_store_from_store_identifier("sw").list_images() == []
     try:
         multi_backend.add(conf, "img", io.BytesIO(SMALL), len(SMALL), "sw")
         _, listed = ceph.swift_connection().get_container("gsfs-created-%d" % os.getpid())

@@ -1116,9 +1116,16 @@ class Store(driver.Store):
             try:
                 _, listed = conn.get_container(container, delimiter="/", full_listing=True)
             except swiftclient.ClientException as e:
-                if _is_missing(e):
-                    continue
-                raise _swift_error(e, "list", container) from e
+                if not _is_missing(e):
+                    raise _swift_error(e, "list", container) from e
+                if self._options()["swift_store_create_container_on_put"]:
+                    continue        # made by the first add: no images yet
+                # as the s3 driver's missing bucket: the listing names the
+                # fix instead of showing an empty store
+                raise exceptions.BackendException(
+                    "The container %s does not exist in Swift. Please set the "
+                    "swift_store_create_container_on_put option to add container to Swift "
+                    "automatically." % container) from e
             except _LIBRARY_ERRORS as e:
                 raise _swift_error(e, "list", container) from e
             infos.extend(self._listed_images(listed))

@@ -84,11 +84,6 @@ _WRITING = set()
 _WRITING_LOCK = threading.Lock()
 
 
-# operations on the pool itself, not on one image: a missing pool is then a
-# BackendException (EIO under FUSE), not NotFound
-_POOL_OPS = ("add", "list images", "clean up leftovers")
-
-
 class _AioWrites:
     """librbd asynchronous writes with at most ``limit`` bytes in flight, as
     ``rbd import`` keeps several writes going: the image's objects are written
@@ -558,18 +553,20 @@ class Store(driver.Store):
             self._release(cluster, broken)
 
     @contextlib.contextmanager
-    def _ioctx(self, pool, op, image=None, write=False):
+    def _ioctx(self, pool, op, image=None, write=False, whole_pool=False):
         """An ioctx on ``pool``; rados/rbd errors in the block become gsfs errors
-        naming ``op``, ``pool`` and ``image``."""
+        naming ``op``, ``pool`` and ``image``. A missing pool is NotFound, or,
+        for ``whole_pool`` operations (adding, listing, cleaning up: no image
+        is named), a BackendException naming the fix."""
         cluster = self._acquire()
         broken = False
         try:
             try:
                 ioctx = cluster.client.open_ioctx(pool)
             except rados.ObjectNotFound as e:
-                if op in _POOL_OPS:
-                    # no image is named: the store's configuration is wrong,
-                    # not an image missing (ENOENT made ls print nothing)
+                if whole_pool:
+                    # the store's configuration is wrong, not an image missing
+                    # (ENOENT made ls print nothing)
                     raise exceptions.BackendException(
                         "RADOS pool %s of store %s does not exist (%s): create it (ceph osd "
                         "pool create %s; rbd pool init %s) or set rbd_store_pool"
@@ -920,7 +917,7 @@ class Store(driver.Store):
         fsid = self._get_fsid()
         tmp = self._tmp_name(TMP_PREFIX, image_id)
         chunk_size = self.WRITE_CHUNKSIZE
-        with self._ioctx(pool, "add", image_id, write=True) as ioctx:
+        with self._ioctx(pool, "add", image_id, write=True, whole_pool=True) as ioctx:
             if not replace and self._exists(ioctx, image_id):
                 raise exceptions.Duplicate(message="RBD image %s already exists" % image_id)
             features = self._features()
@@ -1017,7 +1014,7 @@ class Store(driver.Store):
 
     def list_images(self):
         pool = self.pool
-        with self._ioctx(pool, "list images") as ioctx:
+        with self._ioctx(pool, "list images", whole_pool=True) as ioctx:
             names = rbd.RBD().list(ioctx)
             infos = []
             for name in names:
@@ -1131,7 +1128,7 @@ class Store(driver.Store):
         done = []
         host = _host()
         me = os.getpid()
-        with self._ioctx(pool, "clean up leftovers", write=True) as ioctx:
+        with self._ioctx(pool, "clean up leftovers", write=True, whole_pool=True) as ioctx:
             for name in rbd.RBD().list(ioctx):
                 parsed = self._parse_tmp_name(name)
                 if parsed is None:

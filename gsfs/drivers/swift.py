@@ -530,6 +530,14 @@ def _etag_of(head):
     return str(head.get("etag") or "").strip('"').lower()
 
 
+def _missing_container(container):
+    """glance_store's error for a container that does not exist (add and listing)."""
+    return exceptions.BackendException(
+        "The container %s does not exist in Swift. Please set the "
+        "swift_store_create_container_on_put option to add container to Swift "
+        "automatically." % container)
+
+
 def _segment_prefix(token):
     return "%s%s/" % (SEGMENTS_PREFIX, token)
 
@@ -925,10 +933,7 @@ class Store(driver.Store):
         except _LIBRARY_ERRORS as e:
             raise _swift_error(e, "add", container) from e
         if not self._options()["swift_store_create_container_on_put"]:
-            raise exceptions.BackendException(
-                "The container %s does not exist in Swift. Please set the "
-                "swift_store_create_container_on_put option to add container to Swift "
-                "automatically." % container)
+            raise _missing_container(container)
         LOG.info("Creating swift container %s", container)
         with _swift_errors("create container", container, write=True):
             conn.put_container(container)
@@ -1122,10 +1127,7 @@ class Store(driver.Store):
                     continue        # made by the first add: no images yet
                 # as the s3 driver's missing bucket: the listing names the
                 # fix instead of showing an empty store
-                raise exceptions.BackendException(
-                    "The container %s does not exist in Swift. Please set the "
-                    "swift_store_create_container_on_put option to add container to Swift "
-                    "automatically." % container) from e
+                raise _missing_container(container) from e
             except _LIBRARY_ERRORS as e:
                 raise _swift_error(e, "list", container) from e
             infos.extend(self._listed_images(listed))

@@ -476,6 +476,11 @@ def main(argv=None):
             print("  %-22s %6.2f s  CPU-s %s" % (name, seconds, " ".join(
                 "%s %.1f" % kv for kv in used.items())), file=sys.stderr)
 
+        def remove_outputs():
+            for path in (out, out + ".rbd"):
+                if os.path.exists(path):
+                    os.unlink(path)
+
         def check_size(key):
             got = s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
             if got != size:
@@ -541,9 +546,7 @@ def main(argv=None):
                         # every copy-out writes a new file: cp onto the last
                         # step's output first freed its 1 GiB (rbd export
                         # refuses to overwrite, so it never paid for that)
-                        for path in (out, out + ".rbd"):
-                            if os.path.exists(path):
-                                os.unlink(path)
+                        remove_outputs()
                         settle(ceph, warnings)
                         drop_caches(ceph)
                     else:
@@ -558,9 +561,7 @@ def main(argv=None):
             if rclone:
                 check_size("r%d" % r)
             # not timed: remove what this round wrote, so the OSD never fills up
-            for path in (out, out + ".rbd"):
-                if os.path.exists(path):
-                    os.unlink(path)
+            remove_outputs()
             for store, name in [("file", "f%d" % r), ("s3", "g%d" % r), ("rbd", "g%d" % r)] + [
                     ("s3", "p%d-%d" % (r, i)) for i in range(PAR_N)]:
                 os.unlink(mount.path(store, name))

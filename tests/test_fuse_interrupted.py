@@ -131,6 +131,7 @@ def test_an_interrupted_cp_publishes_nothing(store, backend, gsfs_mount, stores_
     log = m.log_text()
     assert " ERROR " not in log, log
     assert "Upload of %s/%s abandoned, nothing is published" % (store, name) in log, log
+    assert log.count("Upload of %s/%s " % (store, name)) == 1, log     # logged once
 
 
 @pytest.mark.ceph

@@ -384,7 +384,9 @@ class _Session:
             self.fs.failures.count(self.store_id, "commit")
         elif isinstance(exc, UploadAborted):
             code = self.errno or errno.EIO
-            LOG.info("Upload of %s aborted, nothing was published: %s", self.image.path, exc)
+            if self.errno is None:      # abandon() and poison() logged their cause
+                LOG.info("Upload of %s aborted, nothing was published: %s", self.image.path,
+                         exc)
         else:
             code = errors.report(exc, "upload", self.image.path, self.store_id,
                                  self.fs.failures)

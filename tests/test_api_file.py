@@ -871,6 +871,40 @@ def test_thin_provisioning_leaves_holes(glance):
     assert os.path.getsize(s.tmp / "thin" / "tail") == len(tail)
 
 
+def _cached_bytes(path):
+    """How much of a file the page cache holds (util-linux's fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES", str(path)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.parametrize("size", [5 * 1024 * 1024 + 123, 4096, 3], ids=["5MiB+123", "4KiB", "3B"])
+def test_an_image_is_written_with_direct_io(stores, size):
+    """An image leaves nothing in the page cache (written with O_DIRECT from an
+    aligned block, the last one padded and the file truncated to its size);
+    written through the page cache, a 5 MiB image stays there whole."""
+    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(stores.fast)],
+                            capture_output=True, text=True).stdout.strip()
+    if fstype in ("tmpfs", "ramfs"):
+        pytest.skip("the test directory is on %s: every file lives in memory" % fstype)
+    data = os.urandom(size)
+    uri, n, md5, _mh, _meta = add_file("fast", "img", data)
+    path = stores.fast / "img"
+    assert _cached_bytes(path) <= 4096          # at most the tail block, zeroed by the truncate
+    assert (n, os.path.getsize(path)) == (size, size)
+    assert (md5, path.read_bytes()) == (hashlib.md5(data).hexdigest(), data)
+    assert temp_files(stores.fast) == []
+
+
+def test_a_filesystem_without_direct_io_takes_images(glance, ramfs):
+    """ramfs refuses O_DIRECT: the image goes through the page cache instead."""
+    glance(enabled="fast:file, ram:file", extra="[ram]\nfilesystem_store_datadir = %s\n" % ramfs)
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    assert add_file("ram", "img", data)[1:3] == (len(data), hashlib.md5(data).hexdigest())
+    assert (ramfs / "img").read_bytes() == data
+    assert temp_files(ramfs) == []
+
+
 def test_metadata_file_entries_are_returned(glance, tmp_path):
     meta_file = tmp_path / "fs-meta.json"
     meta_file.write_text(json.dumps([

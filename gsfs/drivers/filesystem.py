@@ -7,9 +7,11 @@ What gsfs does differently (docs/compatibility.md):
   in its data directory, fsync'd, then published with ``link()`` (fails if the id
   exists: no overwrite race) or ``rename()`` (atomic replace); no reader and no
   crash ever sees a partial image under its id;
-* while it is written, its writeback is started every 16 MiB and what is on
-  disk leaves the page cache (``_Writeback``), so that fsync waits for the
-  last few MiB and a large image does not fill the page cache;
+* it is written with direct I/O from an aligned block (``_ImageFile``), so it
+  leaves nothing in the page cache; where the filesystem refuses direct I/O,
+  and with thin provisioning, through the page cache, its writeback started
+  every 16 MiB and what is on disk dropped from the cache (``_Writeback``), so
+  that fsync waits for the last few MiB and a large image does not fill it;
 * reads are confined to the store's data directories: a ``file://`` URI outside
   them is NotFound for this store;
 * every OSError leaves the driver as a gsfs exception.
@@ -34,8 +36,10 @@ xattrs are not supported.
 
 import concurrent.futures
 import errno
+import fcntl
 import json
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -448,25 +452,25 @@ class Store(driver.Store):
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise _os_error(e, "create", tmp_path) from e
+        out = _ImageFile(fd, direct=not self.thin_provisioning)
         try:
-            with os.fdopen(fd, "wb") as f:
+            try:
                 # a source that hands out large buffers (gsfs's upload queue) is
                 # read in those: fewer, larger writes and hash hand-offs
                 size = max(self.WRITE_CHUNKSIZE, getattr(image_file, "preferred_read_size", 0))
-                writeback = _Writeback(f)
                 for chunk in driver.chunkreadable(image_file, size):
                     sizes.add(len(chunk))
                     hasher.update(chunk)
                     if self.thin_provisioning and not any(chunk):
-                        f.truncate(hasher.size)
-                        f.seek(0, os.SEEK_END)
+                        out.skip(len(chunk))
                     else:
-                        f.write(chunk)
-                    writeback.written(hasher.size)
+                        out.write(chunk)
                 sizes.finish()
-                self._set_write_id(f.fileno(), datadir)
-                f.flush()
-                os.fsync(f.fileno())
+                out.finish()
+                self._set_write_id(fd, datadir)
+                os.fsync(fd)
+            finally:
+                out.close()         # its block and the file
             hasher.before_publish()
             self._publish(tmp_path, filepath, replace)
         except BaseException as e:
@@ -698,8 +702,118 @@ class Store(driver.Store):
         return removed
 
 
+class _ImageFile:
+    """Writes the bytes of a new image file, in order: direct I/O where the
+    filesystem takes it, the page cache elsewhere.
+
+    Direct I/O (``O_DIRECT``, set on the open file with fcntl): the bytes are
+    gathered into one page-aligned block of BLOCK bytes, and each full block
+    is written from it, so the disk reads gsfs's buffer instead of the kernel
+    first copying every byte into fresh page-cache pages. Here a 1 GiB image
+    cost 1.6-1.7 CPU-s written through the page cache and 0.4-0.5 CPU-s this
+    way, the copy into the block included (docs/PERFORMANCE.md). The last
+    block is written padded with zeros to ALIGN bytes and the file truncated
+    to its size. Such writes leave no page cache behind.
+
+    The page cache: a filesystem that refuses ``O_DIRECT`` (at fcntl, or with
+    EINVAL at the first write), and thin provisioning, whose holes are per
+    source chunk. Writes go through ``_Writeback`` there."""
+
+    BLOCK = 1024 * 1024
+    ALIGN = 4096        # of the block's address, offsets and lengths: any logical block size
+
+    def __init__(self, fd, direct):
+        self.fd = fd
+        self.size = 0               # bytes of the image so far, holes included
+        self.on_disk = 0            # bytes written to (or skipped in) the file
+        self.block = None           # the direct I/O block, or None: the page cache
+        self.fill = 0
+        self.writeback = _Writeback(fd)
+        if direct:
+            try:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+                self.block = mmap.mmap(-1, self.BLOCK)
+            except OSError as e:
+                LOG.debug("No direct I/O for a new image: %s", e)
+
+    def write(self, chunk):
+        if self.block is None:
+            self.on_disk = self._write(chunk, self.on_disk)
+            self.size += len(chunk)
+            self.writeback.written(self.on_disk)
+            return
+        view = memoryview(chunk).cast("B")
+        while view:
+            n = min(len(view), self.BLOCK - self.fill)
+            self.block[self.fill:self.fill + n] = view[:n]
+            self.fill += n
+            self.size += n
+            view = view[n:]
+            if self.fill == self.BLOCK:
+                self._write_block()
+
+    def skip(self, n):
+        """Leave n bytes as a hole (page cache only: thin provisioning)."""
+        assert self.block is None
+        self.size += n
+        self.on_disk += n
+
+    def finish(self):
+        """Write what is left and give the file its size."""
+        if self.fill:
+            self._write_block()
+        if os.fstat(self.fd).st_size != self.size:     # padding, or a trailing hole
+            os.ftruncate(self.fd, self.size)
+
+    def close(self):
+        """Free the block and close the file."""
+        self._free_block()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _free_block(self):
+        if self.block is not None:
+            try:
+                self.block.close()
+            except BufferError:     # a failed write's traceback still holds a view of it
+                pass                # unmapped with the last view, then
+            self.block = None
+
+    def _write_block(self):
+        n = self.fill
+        length = -(-n // self.ALIGN) * self.ALIGN
+        self.block[n:length] = bytes(length - n)
+        with memoryview(self.block) as whole:
+            try:
+                self._write(whole[:length], self.on_disk)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # opened, but no direct writes here: the page cache from now on
+                LOG.debug("Direct I/O refused (%s): writing through the page cache", e)
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                self._write(whole[:n], self.on_disk)
+                self.on_disk += n
+                self.fill = 0
+                self._free_block()
+                return
+        self.on_disk += n
+        self.fill = 0
+
+    def _write(self, data, offset):
+        view = memoryview(data).cast("B")
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            offset += done
+            view = view[done:]
+        return offset
+
+
 class _Writeback:
-    """Starts the writeback of an image file while it is being written.
+    """Starts the writeback of an image file written through the page cache.
 
     Without it the fsync before publishing writes the whole image to disk
     after its last byte arrived (0.5 s per GiB here, with the copy waiting).
@@ -712,19 +826,18 @@ class _Writeback:
 
     WINDOW = 16 * 1024 * 1024
 
-    def __init__(self, f):
-        self.f = f
+    def __init__(self, fd):
+        self.fd = fd
         self.started = 0          # bytes whose writeback was started
         self.enabled = hasattr(os, "posix_fadvise")
 
     def written(self, size):
         if not self.enabled or size - self.started < self.WINDOW:
             return
-        self.f.flush()
         try:
             # the window before the one just written is on disk by now: drop it too
             start = max(0, self.started - self.WINDOW)
-            os.posix_fadvise(self.f.fileno(), start, size - start, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self.fd, start, size - start, os.POSIX_FADV_DONTNEED)
         except OSError:
             self.enabled = False
         self.started = size

@@ -1,4 +1,5 @@
-"""One memory budget for the process: the bytes that uploads may hold at once.
+"""One memory budget for the process: the bytes that uploads and readers may
+hold at once.
 
 ``BUDGET`` is shared by every add of every store in the process (the FUSE
 daemon sets its limit from ``memory_mib``; a program using gsfs.multi_backend
@@ -7,7 +8,11 @@ directly has no limit unless it calls ``BUDGET.set_limit``). Who draws on it:
 * s3 part buffers (gsfs/drivers/s3.py ``_PartBuffers``): a buffer is drawn
   when it is allocated and given back when the upload ends;
 * the FUSE upload queues (gsfs/fs/write_session.py ``UploadPipe``): the bytes
-  written and not yet read by the driver.
+  written and not yet read by the driver;
+* the FUSE prefetch windows (gsfs/fs/read_session.py ``ReadSession``): a block
+  is drawn when its fetch starts and given back when it leaves the window.
+  A block a read needs is taken even over the limit (``force``); the blocks
+  ahead of the reader only while they fit (``try_draw``), never waited for.
 
 A request waits while the budget is spent, except when the budget holds
 nothing at all (so one part larger than the whole budget still goes). Waits

@@ -168,6 +168,25 @@ def spool_files(tmp_path):
     return sorted(os.listdir(spool)) if spool.exists() else []
 
 
+def test_readers_share_the_memory_budget(gsfs_mount, stores_conf, tmp_path, datadir):
+    """Prefetch windows draw on the daemon's budget (memory_mib) as uploads do:
+    three readers at once with -o memory_mib=16,readahead_mib=64 read every
+    byte right, and hold at most the budget plus the blocks their reads need
+    to go on, two of 8 MiB each at most (the block being read, and the next
+    for a read that runs into it: docs/memory.md), not 3 x 64 MiB; closed,
+    they hold nothing. Before, the windows were outside the budget: its peak
+    stayed 0."""
+    m = gsfs_mount(stores_conf("file"), options=["memory_mib=16", "readahead_mib=64"])
+    sources = [random_file(datadir / ("r%d" % i), 48 * MiB + i) for i in range(3)]
+    procs = [subprocess.Popen(["sha256sum", str(m.path("file", src.name))],
+                              stdout=subprocess.PIPE, text=True) for src in sources]
+    sums = [p.communicate(timeout=300)[0].split()[0] for p in procs]
+    assert sums == [hashlib.sha256(src.read_bytes()).hexdigest() for src in sources]
+    memory = json.loads(os.getxattr(m.mountpoint, "user.gsfs.status"))["memory"]
+    assert memory["used_bytes"] == 0, memory
+    assert 8 * MiB <= memory["peak_bytes"] <= (16 + 3 * 2 * 8) * MiB, memory
+
+
 def test_rsync_directory_in_and_out(gsfs_mount, stores_conf, tmp_path, datadir):
     m = gsfs_mount(stores_conf("file"))
     srcdir = tmp_path / "images"

@@ -9,8 +9,11 @@ as large as the one before (1, 2, 4, then 8 MiB), up to ``readahead_mib``
 bytes in all (default 32 MiB: four 8 MiB ranged reads in flight). So the
 memory of an open file is at most ``readahead_mib`` plus the block the
 request being served lies in (a reply is a view of its block, not a copy),
-whatever the image size. Any offset works on every driver (file:
-pread, s3: ranged GET, rbd: read at the snapshot, http: Range).
+whatever the image size. The windows draw on the daemon's memory budget
+(gsfs/budget.py) with the uploads: a block a read needs is always fetched,
+the blocks ahead of the reader only while the budget has room. Any offset
+works on every driver (file: pread, s3: ranged GET, rbd: read at the
+snapshot, http: Range).
 
 While the whole image is fetched in order from byte 0, the blocks are hashed
 (md5 + the mount's hash_algo) in order by whichever fetch thread completes
@@ -28,6 +31,7 @@ import threading
 import trio
 
 from gsfs import hashing
+from gsfs.budget import BUDGET
 
 LOG = logging.getLogger("gsfs.fs")
 RANDOM_BLOCK = 1024 * 1024          # a read out of order fetches this much
@@ -69,7 +73,7 @@ class ReadSession:
         self.store = image.store_dir.store
         self.location = self.store.location_for(image.name)
         self.size = image.size
-        self.budget = max(fs.settings.readahead, RANDOM_BLOCK)
+        self.window_limit = max(fs.settings.readahead, RANDOM_BLOCK)
         self.window = collections.deque()   # blocks in file order, contiguous
         self.next_start = 0                 # where the window's next block starts
         self.block_size = FIRST_BLOCK
@@ -101,7 +105,7 @@ class ReadSession:
         with self.hash_lock:
             hasher = self.hasher
             if hasher is None or start < self.hash_pos or \
-                    start > self.hash_pos + self.budget:
+                    start > self.hash_pos + self.window_limit:
                 return      # not part of a read in order from byte 0
             self.unhashed[start] = data
             while self.hash_pos in self.unhashed:
@@ -118,8 +122,16 @@ class ReadSession:
         finally:
             block.ready.set()
 
-    def _append(self, size):
-        block = _Block(self.next_start, min(size, self.size - self.next_start))
+    def _append(self, size, needed=True):
+        """Fetch the block at next_start. Its bytes are drawn from the daemon's
+        budget: always for a block the reader needs (or the window's only
+        one), only if they fit for one ahead of it (then None)."""
+        want = min(size, self.size - self.next_start)
+        if needed:
+            BUDGET.force(want)
+        elif not BUDGET.try_draw(want):
+            return None
+        block = _Block(self.next_start, want)
         self.window.append(block)
         self.next_start = block.end
         self.fs.spawn(self._fetch, "read %s" % self.image.path, block)
@@ -128,14 +140,25 @@ class ReadSession:
     def _fill(self):
         """Keep up to ``budget`` bytes fetched or in flight ahead of the reader."""
         held = sum(b.want for b in self.window)
-        while self.next_start < self.size and held + self.block_size <= self.budget:
-            held += self._append(self.block_size).want
+        while self.next_start < self.size and held + self.block_size <= self.window_limit:
+            block = self._append(self.block_size, needed=not self.window)
+            if block is None:       # the daemon's budget is spent: try at the next read
+                return
+            held += block.want
             self.block_size = min(self.block_size * 2, MAX_BLOCK)
+
+    def _drop_window(self, upto=None):
+        """Forget the window's blocks that end at or before ``upto`` (all of
+        them: None) and give their bytes back to the budget."""
+        freed = 0
+        while self.window and (upto is None or self.window[0].end <= upto):
+            freed += self.window.popleft().want
+        BUDGET.give(freed)
 
     def _restart_at(self, offset):
         """A read outside the window: forget it (fetches in flight finish into
         blocks nobody holds) and start again at ``offset``."""
-        self.window.clear()
+        self._drop_window()
         self.next_start = offset
         self.block_size = FIRST_BLOCK
 
@@ -172,8 +195,7 @@ class ReadSession:
             parts.append(piece)
             pos += len(piece)
         self.last_end = pos
-        while self.window and self.window[0].end <= pos:
-            self.window.popleft()
+        self._drop_window(pos)
         if in_order:
             self._fill()
         data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -196,6 +218,6 @@ class ReadSession:
                           checksum, hasher.algo, hash_value)
 
     def close(self):
-        self.window.clear()
+        self._drop_window()
         self.unhashed.clear()
         self.fs.downloads.discard(self)

@@ -11,9 +11,12 @@ with ``-o show_reserved``):
 loaded      whether its driver made a store of it, and if not why: no driver
             for the type, the driver cannot be imported, or the driver's
             refusal (``BadStoreConfiguration``)
-reachable   a cheap read: a stat of an image id that does not exist (one HEAD
-            for s3, swift and http, a stat for file, an open for rbd); "not
-            found" is the answer of a store that works. Bounded by
+reachable   a cheap read, the driver's ``check_access()``: a stat of an image
+            id that does not exist (a HEAD for http, a stat for file; "not
+            found" is the answer of a store that works), and for s3, swift
+            and rbd a listing of at most one name in the bucket or container,
+            or an open of the pool, which fails as ``ls`` of the store would
+            when it does not exist. Bounded by
             ``--timeout`` (a probe still hanging then counts as unreachable)
 writable    the driver's add capability (``WRITE_ACCESS``): "add enabled" or
             "add disabled" and why; nothing is written
@@ -51,9 +54,6 @@ from gsfs import (
 )
 from gsfs.fs import daemon
 from gsfs.fs import settings as settings_mod
-
-# a well-formed Glance image id that no store holds
-PROBE_ID = "00000000-0000-4000-8000-0000c0ec4c0f"
 
 STORE_OPTION_PREFIXES = ("filesystem_", "s3_store_", "rbd_", "rados_", "swift_", "http",
                          "https_", "cinder_", "vmware_", "gsfs_", "default_swift_reference")
@@ -127,12 +127,9 @@ def _run_bounded(func, timeout):
 
 
 def _probe(store):
-    """Stat an image that does not exist: NotFound is the healthy answer."""
-    try:
-        store.stat_image(store.location_for(PROBE_ID))
-    except exceptions.NotFound:
-        return "not found"
-    return "found"
+    """The driver's check_access(): a stat of an image that does not exist,
+    and, on s3, rbd and swift, whether the bucket, pool or container is there."""
+    store.check_access()
 
 
 def _why_not_loaded(conf, store_id, store_type):
@@ -188,7 +185,7 @@ def check_store(conf, store_id, store_type, timeout):
     elif not ok:
         lines.append(("reachable", "no: %s (after %.1f s)" % (_one_line(value), seconds)))
     else:
-        lines.append(("reachable", "yes (a stat answered in %.2f s)" % seconds))
+        lines.append(("reachable", "yes (answered in %.2f s)" % seconds))
         report["usable"] = True
     if store.is_capable(capabilities.BitMasks.WRITE_ACCESS):
         writable = "add enabled"

@@ -17,6 +17,9 @@ gsfs extensions (what the filesystem needs; every driver implements them):
                                   replaced atomically (the old one stays intact
                                   until the new one is complete)
     capacity()                    (total_bytes, free_bytes) or None
+    check_access()                a cheap read that fails as the listing would on a
+                                  wrong configuration (missing bucket, pool or
+                                  container): ``gsfs check-config``'s probe
     cleanup_leftovers()           remove what a crashed writer left; returns descriptions
     max_id_length                 longest image id the backend accepts
 
@@ -334,6 +337,17 @@ class Store(capabilities.StoreCapability):
 
     def capacity(self):
         return None
+
+    PROBE_ID = "00000000-0000-4000-8000-0000c0ec4c0f"     # a well-formed Glance id no image has
+
+    def check_access(self):
+        """Stat an image that does not exist: NotFound is the healthy answer.
+        Drivers whose images live in a bucket, pool or container also check
+        that it exists, and raise what their listing raises when it does not."""
+        try:
+            self.stat_image(self.location_for(self.PROBE_ID))
+        except exceptions.NotFound:
+            pass
 
     def cleanup_leftovers(self):
         return []

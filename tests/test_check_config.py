@@ -224,8 +224,9 @@ def test_config_dir_and_o_options_load_as_mount_does(tmp_path):
 
 @pytest.mark.ceph
 def test_every_store_type_on_real_servers_is_usable(stores_conf, tmp_path):
-    """The probe's "not found" is the healthy answer of every driver (s3, swift and
-    http HEAD, rbd open, file stat), on the suite's radosgw, Ceph and HTTP server."""
+    """Every driver's probe (check_access: a listing of one name for s3 and swift,
+    an open of the pool for rbd, a HEAD for http, a stat for file) answers on the
+    suite's radosgw, Ceph and HTTP server."""
     (tmp_path / "file-store").mkdir()
     conf = tmp_path / "all.conf"
     conf.write_text(stores_conf("file", "http", "s3", "rbd", "swift"))
@@ -240,6 +241,39 @@ def test_every_store_type_on_real_servers_is_usable(stores_conf, tmp_path):
             else "add enabled"
         assert "writable   %s" % writable in text, text
     assert "ignored by gsfs" not in r.stdout, r.stdout
+
+
+@pytest.mark.ceph
+def test_a_missing_bucket_pool_or_container_is_unusable(stores_conf, tmp_path):
+    """A store whose bucket, pool or container does not exist is UNUSABLE, with
+    the fix named, as ls of the mounted store fails (EIO): before, the probe's
+    stat of one image answered "not found" there too, and all three were
+    "usable". With create_*_on_put the first add makes it: usable."""
+    missing = {"s3": {"s3_store_bucket": "gsfs-no-such-bucket"},
+               "rbd": {"rbd_store_pool": "gsfs-no-such-pool"},
+               "swift": {"swift_store_container": "gsfs-no-such-container",
+                         "swift_store_create_container_on_put": False}}
+    conf = tmp_path / "missing.conf"
+    conf.write_text(stores_conf("s3", "rbd", "swift", extra=missing))
+    r, _ = check_config(conf, "--timeout", "30")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    stores = {k: "\n".join(v) for k, v in blocks(r.stdout).items()}
+    assert all(text.startswith("%s (%s): UNUSABLE" % (k, k)) for k, text in stores.items()), \
+        r.stdout
+    assert "The bucket gsfs-no-such-bucket does not exist in S3. Please set the " \
+           "s3_store_create_bucket_on_put option" in stores["s3"], stores["s3"]
+    assert "RADOS pool gsfs-no-such-pool of store rbd does not exist" in stores["rbd"], \
+        stores["rbd"]
+    assert "ceph osd pool create gsfs-no-such-pool" in stores["rbd"]
+    assert "The container gsfs-no-such-container does not exist in Swift. Please set " \
+           "the swift_store_create_container_on_put option" in stores["swift"], stores["swift"]
+
+    made_on_put = {"s3": dict(missing["s3"], s3_store_create_bucket_on_put=True),
+                   "swift": dict(missing["swift"], swift_store_create_container_on_put=True)}
+    conf.write_text(stores_conf("s3", "swift", extra=made_on_put))
+    r, _ = check_config(conf, "--timeout", "30")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "reachable  yes" in r.stdout
 
 
 # ------------------------------------------------------------------- the sample

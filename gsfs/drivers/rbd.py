@@ -1012,6 +1012,11 @@ class Store(driver.Store):
         image_id = driver.validate_image_id(image_id, self.max_id_length)
         return self._location(image_id)
 
+    def check_access(self):
+        """Open the pool: fails as list_images() does (a missing pool names the fix)."""
+        with self._ioctx(self.pool, "check", whole_pool=True):
+            pass
+
     def list_images(self):
         pool = self.pool
         with self._ioctx(pool, "list images", whole_pool=True) as ioctx:

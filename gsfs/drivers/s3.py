@@ -1198,6 +1198,28 @@ class Store(driver.Store):
         self._option("s3_store_bucket")
         return self._new_location(image_id)
 
+    def _listing_error(self, e, bucket):
+        if _error_code(e) == "NoSuchBucket":
+            return exceptions.BackendException(
+                "The bucket %s does not exist in S3. Please set the "
+                "s3_store_create_bucket_on_put option to add bucket to S3 "
+                "automatically." % bucket)
+        return _s3_error(e, "list", bucket)
+
+    def check_access(self):
+        """One listing request of at most one key: fails as list_images() does
+        (a missing bucket names the fix, unless s3_store_create_bucket_on_put)."""
+        self._ensure_options()
+        bucket = self._option("s3_store_bucket")
+        try:
+            self._get_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
+                return
+            raise self._listing_error(e, bucket) from e
+        except _LIBRARY_ERRORS as e:
+            raise _s3_error(e, "list", bucket) from e
+
     def list_images(self):
         """ImageInfo of every image (top-level key) in the configured bucket.
 
@@ -1215,12 +1237,7 @@ class Store(driver.Store):
         except botocore.exceptions.ClientError as e:
             if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
                 return []
-            if _error_code(e) == "NoSuchBucket":
-                raise exceptions.BackendException(
-                    "The bucket %s does not exist in S3. Please set the "
-                    "s3_store_create_bucket_on_put option to add bucket to S3 "
-                    "automatically." % bucket) from e
-            raise _s3_error(e, "list", bucket) from e
+            raise self._listing_error(e, bucket) from e
         except _LIBRARY_ERRORS as e:
             raise _s3_error(e, "list", bucket) from e
         images = []

@@ -1118,20 +1118,33 @@ class Store(driver.Store):
         conn = self._connection()
         infos = []
         for container in self._containers(conn):
-            try:
-                _, listed = conn.get_container(container, delimiter="/", full_listing=True)
-            except swiftclient.ClientException as e:
-                if not _is_missing(e):
-                    raise _swift_error(e, "list", container) from e
-                if self._options()["swift_store_create_container_on_put"]:
-                    continue        # made by the first add: no images yet
-                # as the s3 driver's missing bucket: the listing names the
-                # fix instead of showing an empty store
-                raise _missing_container(container) from e
-            except _LIBRARY_ERRORS as e:
-                raise _swift_error(e, "list", container) from e
-            infos.extend(self._listed_images(listed))
+            listed = self._list_container(conn, container, full_listing=True)
+            if listed is not None:
+                infos.extend(self._listed_images(listed))
         return infos
+
+    def _list_container(self, conn, container, **kwargs):
+        """The container's listing, or None when it does not exist and
+        swift_store_create_container_on_put makes it at the first add."""
+        try:
+            return conn.get_container(container, delimiter="/", **kwargs)[1]
+        except swiftclient.ClientException as e:
+            if not _is_missing(e):
+                raise _swift_error(e, "list", container) from e
+            if self._options()["swift_store_create_container_on_put"]:
+                return None         # made by the first add: no images yet
+            # as the s3 driver's missing bucket: the listing names the
+            # fix instead of showing an empty store
+            raise _missing_container(container) from e
+        except _LIBRARY_ERRORS as e:
+            raise _swift_error(e, "list", container) from e
+
+    def check_access(self):
+        """One listing request of at most one name per container: fails as
+        list_images() does (a missing container names the fix)."""
+        conn = self._connection()
+        for container in self._containers(conn):
+            self._list_container(conn, container, limit=1)
 
     def _listed_images(self, listed):
         objects = {o["name"]: o for o in listed if "name" in o}

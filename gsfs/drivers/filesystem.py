@@ -709,9 +709,10 @@ class _ImageFile:
     Direct I/O (``O_DIRECT``, set on the open file with fcntl): the bytes are
     gathered into one page-aligned block of BLOCK bytes, and each full block
     is written from it, so the disk reads gsfs's buffer instead of the kernel
-    first copying every byte into fresh page-cache pages. Here a 1 GiB image
-    cost 1.6-1.7 CPU-s written through the page cache and 0.4-0.5 CPU-s this
-    way, the copy into the block included (docs/PERFORMANCE.md). The last
+    first copying every byte into fresh page-cache pages. Here 1 GiB written
+    from Python cost 1.0 CPU-s through the page cache (with ``_Writeback``)
+    and 0.4-0.5 CPU-s this way, the copy into the block included; a 1 GiB
+    ``cp`` into a mount, about 0.2 CPU-s less (docs/PERFORMANCE.md). The last
     block is written padded with zeros to ALIGN bytes and the file truncated
     to its size. Such writes leave no page cache behind.
 

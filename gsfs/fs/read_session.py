@@ -138,7 +138,8 @@ class ReadSession:
         return block
 
     def _fill(self):
-        """Keep up to ``budget`` bytes fetched or in flight ahead of the reader."""
+        """Keep up to ``window_limit`` bytes fetched or in flight ahead of the
+        reader, as far as the daemon's budget has room."""
         held = sum(b.want for b in self.window)
         while self.next_start < self.size and held + self.block_size <= self.window_limit:
             block = self._append(self.block_size, needed=not self.window)

@@ -732,8 +732,7 @@ class _ImageFile:
         self.writeback = _Writeback(fd)
         if direct:
             try:
-                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+                _set_direct(fd, True)
                 self.block = mmap.mmap(-1, self.BLOCK)
             except OSError as e:
                 LOG.debug("No direct I/O for a new image: %s", e)
@@ -794,8 +793,7 @@ class _ImageFile:
                     raise
                 # opened, but no direct writes here: the page cache from now on
                 LOG.debug("Direct I/O refused (%s): writing through the page cache", e)
-                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                _set_direct(self.fd, False)
                 self._write(whole[:n], self.on_disk)
                 self.on_disk += n
                 self.fill = 0
@@ -811,6 +809,12 @@ class _ImageFile:
             offset += done
             view = view[done:]
         return offset
+
+
+def _set_direct(fd, on):
+    """Turn ``O_DIRECT`` on or off for an open file (EINVAL where it is refused)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
 
 
 class _Writeback:

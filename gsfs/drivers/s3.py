@@ -1198,27 +1198,30 @@ class Store(driver.Store):
         self._option("s3_store_bucket")
         return self._new_location(image_id)
 
-    def _listing_error(self, e, bucket):
-        if _error_code(e) == "NoSuchBucket":
-            return exceptions.BackendException(
+    def _listing(self, bucket, call):
+        """``call()``, a listing of ``bucket``: its result, or None when the
+        bucket does not exist and s3_store_create_bucket_on_put makes it at the
+        first add. Otherwise a missing bucket names the fix."""
+        try:
+            return call()
+        except botocore.exceptions.ClientError as e:
+            if _error_code(e) != "NoSuchBucket":
+                raise _s3_error(e, "list", bucket) from e
+            if self._opt["s3_store_create_bucket_on_put"]:
+                return None
+            raise exceptions.BackendException(
                 "The bucket %s does not exist in S3. Please set the "
                 "s3_store_create_bucket_on_put option to add bucket to S3 "
-                "automatically." % bucket)
-        return _s3_error(e, "list", bucket)
-
-    def check_access(self):
-        """One listing request of at most one key: fails as list_images() does
-        (a missing bucket names the fix, unless s3_store_create_bucket_on_put)."""
-        self._ensure_options()
-        bucket = self._option("s3_store_bucket")
-        try:
-            self._get_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
-        except botocore.exceptions.ClientError as e:
-            if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
-                return
-            raise self._listing_error(e, bucket) from e
+                "automatically." % bucket) from e
         except _LIBRARY_ERRORS as e:
             raise _s3_error(e, "list", bucket) from e
+
+    def check_access(self):
+        """One listing request of at most one key: fails as list_images() does."""
+        self._ensure_options()
+        bucket = self._option("s3_store_bucket")
+        client = self._get_client()
+        self._listing(bucket, lambda: client.list_objects_v2(Bucket=bucket, MaxKeys=1))
 
     def list_images(self):
         """ImageInfo of every image (top-level key) in the configured bucket.
@@ -1231,15 +1234,11 @@ class Store(driver.Store):
         self._ensure_options()
         client = self._get_client()
         bucket = self._option("s3_store_bucket")
-        try:
+        def both():
             objects = self._image_objects(client, bucket)
-            index = self._mtime_index(client, bucket) if objects else {}
-        except botocore.exceptions.ClientError as e:
-            if _error_code(e) == "NoSuchBucket" and self._opt["s3_store_create_bucket_on_put"]:
-                return []
-            raise self._listing_error(e, bucket) from e
-        except _LIBRARY_ERRORS as e:
-            raise _s3_error(e, "list", bucket) from e
+            return objects, (self._mtime_index(client, bucket) if objects else {})
+
+        objects, index = self._listing(bucket, both) or ({}, {})
         images = []
         for image_id, obj in objects.items():
             tag = _object_tag(obj)
